@@ -1,0 +1,101 @@
+"""The `otsensor` command line: argument parsing and exit statuses, nothing else.
+
+Owns the contract's commands and their exit codes (0 ok, 2 usage or unusable input, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import serialize
+from .readers import CaptureError
+from .store import Store, StoreError
+
+DEFAULT_DB = "otsensor.duckdb"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otsensor", description="Passive OT network sensor.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    replay = commands.add_parser("replay", help="ingest pcap/pcapng files or folders into the DB")
+    replay.add_argument("paths", nargs="+", metavar="PATH")
+    replay.add_argument("--db", default=DEFAULT_DB)
+    replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    connections = commands.add_parser("connections", help="print the connections JSON the API serves")
+    connections.add_argument("--db", default=DEFAULT_DB)
+    connections.add_argument("--device-id", type=_non_negative)
+    connections.add_argument("--last-active-in-minutes", type=_non_negative)
+    connections.add_argument("--discovered-before", type=_non_negative)
+    connections.add_argument("--discovered-after", type=_non_negative)
+
+    devices = commands.add_parser("devices", help="print the devices JSON the API serves")
+    devices.add_argument("--db", default=DEFAULT_DB)
+    return parser
+
+
+def cmd_replay(args) -> int:
+    from .replay import existing_paths, format_summary, replay
+
+    existing_paths(args.paths)
+    store = Store(args.db)
+    try:
+        summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty())
+    finally:
+        store.close()
+    print(serialize.dumps(summary) if args.json else format_summary(summary))
+    if not summary["files"] or summary["notCaptures"] and not summary["packets"]:
+        raise CaptureError("; ".join(summary["notCaptures"]) or "no capture files found")
+    return 0
+
+
+def cmd_connections(args) -> int:
+    store = Store(args.db)
+    try:
+        where = serialize.ConnectionFilter(
+            args.device_id, args.last_active_in_minutes, args.discovered_before, args.discovered_after
+        )
+        print(serialize.connections_json(store.cursor(), where))
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_devices(args) -> int:
+    store = Store(args.db)
+    try:
+        print(serialize.dumps(serialize.devices(store.cursor())))
+    finally:
+        store.close()
+    return 0
+
+
+COMMANDS = {"replay": cmd_replay, "connections": cmd_connections, "devices": cmd_devices}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CaptureError, StoreError, UsageError) as error:
+        print(f"otsensor: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("otsensor: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

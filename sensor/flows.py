@@ -1,0 +1,356 @@
+"""The flow table: who initiated each TCP/UDP flow, per-direction TCP reassembly, and which analyzer owns it.
+
+Owns flow state and the per-flow protocol decision (made once, cached); never decodes link layers and
+never does I/O.  Analyzer results land in a :class:`ConnectionTable`.
+"""
+
+from __future__ import annotations
+
+from .connections import ConnectionTable
+from .decode import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
+from .protocols import Analyzer, Malformed
+from .protocols.registry import ANALYZERS, SERVER_PORTS
+
+SEQ_MASK = 0xFFFFFFFF
+PROBE_LIMIT = 8 * 1024  # bytes per direction an undecided flow may buffer before it is given up on
+MAX_BUFFER = 256 * 1024  # an incomplete PDU larger than this is malformed
+MAX_PENDING = 32  # out-of-order segments kept per direction before the hole is declared lost
+MAX_ERRORS = 8  # consecutive malformed PDUs after which a flow is no longer parsed
+TCP_IDLE_NS = 300 * 10**9
+UDP_IDLE_NS = 60 * 10**9
+CLOSED_IDLE_NS = 10 * 10**9
+
+NOT_RECOGNISED = Analyzer(name="", probe=lambda data, to_server: False, parse=lambda buf, to_server: (0, [], {}))
+
+TCP_CANDIDATES: dict[int, tuple[Analyzer, ...]] = {}
+UDP_CANDIDATES: dict[int, tuple[Analyzer, ...]] = {}
+for _analyzer in ANALYZERS:
+    for _port in _analyzer.tcp_ports:
+        TCP_CANDIDATES[_port] = TCP_CANDIDATES.get(_port, ()) + (_analyzer,)
+    for _port in _analyzer.udp_ports:
+        UDP_CANDIDATES[_port] = UDP_CANDIDATES.get(_port, ()) + (_analyzer,)
+ANY_TCP_PORT = tuple(a for a in ANALYZERS if a.any_tcp_port)
+
+
+def is_group_address(address: bytes) -> bool:
+    """Multicast, broadcast and the unspecified address are never a device at the other end of a flow."""
+    if len(address) == 4:
+        return address[0] >= 224 or address == b"\x00\x00\x00\x00"
+    return address[0] == 0xFF or address == bytes(16)
+
+
+class Stream:
+    """One direction of a TCP flow: the next expected sequence number and the unparsed bytes."""
+
+    __slots__ = ("next_seq", "buf", "skip", "pending")
+
+    def __init__(self) -> None:
+        self.next_seq: int | None = None
+        self.buf = b""
+        self.skip = 0  # bytes still to drop (a body the analyzer skips by its length)
+        self.pending: dict[int, bytes] = {}  # out-of-order segments by sequence number
+
+    def reset(self, next_seq: int) -> None:
+        self.next_seq, self.buf, self.skip, self.pending = next_seq, b"", 0, {}
+
+
+class Flow:
+    __slots__ = (
+        "client", "server", "client_port", "server_port", "proto", "handshake", "analyzer", "candidates",
+        "streams", "packets", "bytes", "first_ns", "last_ns", "macs", "closed", "errors",
+    )  # fmt: skip
+
+    def __init__(self, client: bytes, server: bytes, client_port: int, server_port: int, proto: int) -> None:
+        self.client, self.server = client, server
+        self.client_port, self.server_port, self.proto = client_port, server_port, proto
+        self.handshake = False
+        self.analyzer: Analyzer | None = None  # None while undecided; NOT_RECOGNISED once given up
+        self.candidates: list[Analyzer] = []
+        self.streams = (Stream(), Stream())  # initiator -> responder, responder -> initiator
+        self.packets = self.bytes = 0  # since the last fold
+        self.first_ns = self.last_ns = 0
+        self.macs = 0  # bit 0: the initiator's MAC recorded, bit 1: the responder's
+        self.closed = False
+        self.errors = 0
+
+
+def initiator_is_source(sport: int, dport: int) -> bool:
+    """Without a handshake: the side not on a server port initiated; else the one with the higher port."""
+    source_known, destination_known = sport in SERVER_PORTS, dport in SERVER_PORTS
+    if source_known != destination_known:
+        return destination_known
+    return sport >= dport
+
+
+class FlowTable:
+    def __init__(self, table: ConnectionTable, errors: dict[str, int]) -> None:
+        self.table = table
+        self.errors = errors  # decode errors per protocol, shared with the engine
+        self.entries: dict[tuple, tuple[Flow, bool]] = {}  # 5-tuple as sent -> (flow, sent by initiator)
+        self.now_ns = 0
+
+    def __len__(self) -> int:
+        return len(self.entries) // 2
+
+    # -- per packet -------------------------------------------------------------------------------
+
+    def process(self, packet: Packet, ts_ns: int, wirelen: int) -> None:
+        src, dst, proto, sport, dport, flags = packet[:6]
+        entry = self.entries.get((src, dst, sport, dport, proto))
+        if entry is None:
+            if is_group_address(dst) or is_group_address(src):
+                if not is_group_address(src):
+                    self.table.device(src).saw(ts_ns, ts_ns)
+                    if packet.src_mac:
+                        self.table.add_mac(src, packet.src_mac)
+                return
+            flow, to_server = self._new_flow(packet)
+        else:
+            flow, to_server = entry
+        if not flow.packets:
+            flow.first_ns = ts_ns
+        flow.packets += 1
+        flow.bytes += wirelen
+        flow.last_ns = ts_ns
+        self.now_ns = ts_ns
+        if proto == IPPROTO_TCP:
+            if flags & (TCP_SYN | TCP_FIN | TCP_RST):
+                to_server = self._control(flow, to_server, packet)
+            if flow.macs != 3 and packet.src_mac:
+                self._record_mac(flow, to_server, packet.src_mac)
+            if flow.analyzer is not NOT_RECOGNISED and packet.payload and not flags & TCP_SYN:
+                self._segment(flow, to_server, packet)
+        else:
+            if flow.macs != 3 and packet.src_mac:
+                self._record_mac(flow, to_server, packet.src_mac)
+            if flow.analyzer is not NOT_RECOGNISED and packet.payload:
+                self._datagram(flow, to_server, bytes(packet.payload))
+
+    def _new_flow(self, packet: Packet) -> tuple[Flow, bool]:
+        src, dst, proto, sport, dport, flags = packet[:6]
+        if proto == IPPROTO_TCP and flags & TCP_SYN:
+            from_initiator = not flags & TCP_ACK
+        else:
+            from_initiator = initiator_is_source(sport, dport)
+        if from_initiator:
+            flow = Flow(src, dst, sport, dport, proto)
+        else:
+            flow = Flow(dst, src, dport, sport, proto)
+        if proto == IPPROTO_TCP:
+            flow.candidates = list(dict.fromkeys(TCP_CANDIDATES.get(flow.server_port, ()) + ANY_TCP_PORT))
+        elif proto == IPPROTO_UDP:
+            candidates = UDP_CANDIDATES.get(flow.server_port, ()) + UDP_CANDIDATES.get(flow.client_port, ())
+            flow.candidates = list(dict.fromkeys(candidates))
+        if not flow.candidates:
+            flow.analyzer = NOT_RECOGNISED
+        self._index(flow)
+        return flow, from_initiator
+
+    def _index(self, flow: Flow) -> None:
+        self.entries[(flow.client, flow.server, flow.client_port, flow.server_port, flow.proto)] = (flow, True)
+        self.entries[(flow.server, flow.client, flow.server_port, flow.client_port, flow.proto)] = (flow, False)
+
+    def _flip(self, flow: Flow) -> None:
+        """The other side turned out to be the initiator (a SYN, or a request, says so)."""
+        flow.client, flow.server = flow.server, flow.client
+        flow.client_port, flow.server_port = flow.server_port, flow.client_port
+        flow.streams = flow.streams[::-1]
+        flow.macs = ((flow.macs & 1) << 1) | (flow.macs >> 1)
+        self._index(flow)
+
+    def _record_mac(self, flow: Flow, to_server: bool, mac: bytes) -> None:
+        bit = 1 if to_server else 2
+        if not flow.macs & bit:
+            flow.macs |= bit
+            self.table.add_mac(flow.client if to_server else flow.server, mac)
+
+    def _control(self, flow: Flow, to_server: bool, packet: Packet) -> bool:
+        flags = packet.flags
+        if flags & TCP_SYN:
+            if not flags & TCP_ACK:  # the SYN's sender is the initiator
+                if not to_server:
+                    self._flip(flow)
+                    to_server = True
+                flow.handshake, flow.closed = True, False
+                flow.streams[0].reset((packet.seq + 1) & SEQ_MASK)
+            else:  # SYN-ACK from the responder
+                if to_server and not flow.handshake:
+                    self._flip(flow)
+                    to_server = False
+                flow.handshake = True
+                flow.streams[1].reset((packet.seq + 1) & SEQ_MASK)
+        if flags & (TCP_FIN | TCP_RST):
+            flow.closed = True
+        return to_server
+
+    # -- TCP reassembly ---------------------------------------------------------------------------
+
+    def _segment(self, flow: Flow, to_server: bool, packet: Packet) -> None:
+        stream = flow.streams[0 if to_server else 1]
+        payload, seq = packet.payload, packet.seq
+        if stream.next_seq is None:  # the capture started mid-stream: take this segment as the start
+            stream.next_seq = seq
+        offset = (seq - stream.next_seq) & SEQ_MASK
+        if offset >= 0x80000000:  # starts before what was already delivered
+            offset -= 0x100000000
+            if offset + len(payload) <= 0:
+                return  # a retransmission of delivered bytes
+            payload = payload[-offset:]
+        elif offset:  # a hole before this segment: keep it until the hole fills
+            stream.pending[seq] = bytes(payload)
+            if len(stream.pending) > MAX_PENDING:  # the hole was lost in capture: resume after it
+                stream.next_seq = min(stream.pending, key=lambda s: (s - stream.next_seq) & SEQ_MASK)
+                stream.buf, stream.skip = b"", 0
+                self._drain_pending(flow, stream)
+            return
+        stream.next_seq = (stream.next_seq + len(payload)) & SEQ_MASK
+        self._deliver(flow, stream, payload)
+        if stream.pending:
+            self._drain_pending(flow, stream)
+
+    def _drain_pending(self, flow: Flow, stream: Stream) -> None:
+        while stream.pending:
+            data = stream.pending.pop(stream.next_seq, None)
+            if data is None:
+                return
+            stream.next_seq = (stream.next_seq + len(data)) & SEQ_MASK
+            self._deliver(flow, stream, memoryview(data))
+            if flow.analyzer is NOT_RECOGNISED:
+                return
+
+    def _deliver(self, flow: Flow, stream: Stream, data: memoryview) -> None:
+        if stream.skip:
+            if len(data) <= stream.skip:
+                stream.skip -= len(data)
+                return
+            data, stream.skip = data[stream.skip :], 0
+        stream.buf = stream.buf + data if stream.buf else bytes(data)
+        if flow.analyzer is None:
+            self._probe(flow)  # may flip the flow: directions are read from flow.streams afterwards
+            if flow.analyzer is None or flow.analyzer is NOT_RECOGNISED:
+                return
+            for direction, buffered in enumerate(flow.streams):  # what waited for the decision
+                if buffered.buf:
+                    self._parse(flow, direction == 0, buffered)
+            return
+        self._parse(flow, flow.streams[0] is stream, stream)
+
+    def _probe(self, flow: Flow) -> None:
+        forward, backward = flow.streams[0].buf, flow.streams[1].buf
+        for analyzer in list(flow.candidates):
+            verdict = analyzer.probe(forward, True) if forward else None
+            if verdict:
+                self._decide(flow, analyzer)
+                return
+            if analyzer.any_tcp_port and not flow.handshake and backward:
+                reverse = analyzer.probe(backward, True)
+                if reverse:  # the responder by ports sends the requests: it is the initiator
+                    self._flip(flow)
+                    self._decide(flow, analyzer)
+                    return
+                if verdict is False and reverse is False:
+                    flow.candidates.remove(analyzer)
+            elif verdict is False:
+                flow.candidates.remove(analyzer)
+        if not flow.candidates or len(forward) > PROBE_LIMIT or len(backward) > PROBE_LIMIT:
+            self._decide(flow, NOT_RECOGNISED)
+
+    def _decide(self, flow: Flow, analyzer: Analyzer) -> None:
+        flow.analyzer, flow.candidates = analyzer, []
+        if analyzer is NOT_RECOGNISED:
+            for stream in flow.streams:
+                stream.buf, stream.pending = b"", {}
+
+    def _parse(self, flow: Flow, to_server: bool, stream: Stream) -> None:
+        buf = stream.buf
+        analyzer = flow.analyzer
+        try:
+            consumed, commands, identity = analyzer.parse(buf, to_server)
+        except Malformed:
+            self._malformed(flow, stream)
+            return
+        except (ValueError, IndexError, KeyError, UnicodeError):  # an analyzer's own bug must not stop capture
+            self._malformed(flow, stream)
+            return
+        if consumed >= len(buf):
+            stream.buf, stream.skip = b"", consumed - len(buf)
+        else:
+            stream.buf = buf[consumed:]
+            if len(stream.buf) > MAX_BUFFER:
+                self._malformed(flow, stream)
+                return
+        if consumed:
+            flow.errors = 0
+        if commands or identity:
+            self._record(flow, to_server, commands, identity)
+
+    def _malformed(self, flow: Flow, stream: Stream) -> None:
+        name = flow.analyzer.name
+        self.errors[name] = self.errors.get(name, 0) + 1
+        stream.buf, stream.skip = b"", 0  # resynchronise at the next segment
+        flow.errors += 1
+        if flow.errors >= MAX_ERRORS:
+            self._decide(flow, NOT_RECOGNISED)
+
+    def _record(self, flow: Flow, to_server: bool, commands: list, identity: dict) -> None:
+        connection = self.table.connection(flow.client, flow.server)
+        protocols = connection.protocols
+        for name, command in commands:
+            names = protocols.get(name)
+            if names is None:
+                names = protocols[name] = set()
+            names.add(command)
+        if identity:
+            sender = self.table.device(flow.client if to_server else flow.server)
+            sender.identity.update(identity)
+            if "userAgent" in identity:
+                connection.user_agent = identity["userAgent"]
+
+    # -- UDP --------------------------------------------------------------------------------------
+
+    def _datagram(self, flow: Flow, to_server: bool, payload: bytes) -> None:
+        if flow.analyzer is None:
+            for analyzer in flow.candidates:
+                if analyzer.probe(payload, to_server):
+                    self._decide(flow, analyzer)
+                    break
+            else:
+                self._decide(flow, NOT_RECOGNISED)
+                return
+        try:
+            _, commands, identity = flow.analyzer.parse(payload, to_server)
+        except Malformed:
+            name = flow.analyzer.name
+            self.errors[name] = self.errors.get(name, 0) + 1
+            return
+        if commands or identity:
+            self._record(flow, to_server, commands, identity)
+
+    # -- folding into the connection table ---------------------------------------------------------
+
+    def fold(self, evict: bool = True) -> None:
+        """Move every flow's counters into its connection; forget idle and closed flows."""
+        table, now = self.table, self.now_ns
+        stale = []
+        for key, (flow, forward) in self.entries.items():
+            if not forward:
+                continue
+            if flow.packets:
+                connection = table.connection(flow.client, flow.server)
+                connection.ports.add(flow.server_port)
+                if flow.first_ns < connection.discovered_ns:
+                    connection.discovered_ns = flow.first_ns
+                if flow.last_ns > connection.last_seen_ns:
+                    connection.last_seen_ns = flow.last_ns
+                connection.packets += flow.packets
+                connection.bytes += flow.bytes
+                flow.packets = flow.bytes = 0
+            if evict:
+                idle = now - flow.last_ns
+                if idle > (TCP_IDLE_NS if flow.proto == IPPROTO_TCP else UDP_IDLE_NS) or (
+                    flow.closed and idle > CLOSED_IDLE_NS
+                ):
+                    stale.append(flow)
+        for flow in stale:
+            self.entries.pop((flow.client, flow.server, flow.client_port, flow.server_port, flow.proto), None)
+            self.entries.pop((flow.server, flow.client, flow.server_port, flow.client_port, flow.proto), None)

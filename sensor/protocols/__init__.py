@@ -1,0 +1,40 @@
+"""Registry of the application protocols the sensor recognises, and the per-flow probing decision.
+
+Owns: which analyzer may claim a flow (by port first, then by probing the first payload bytes).
+Never: touches storage, HTTP serving or capture; analyzers are pure functions over bytes.
+
+An analyzer module exposes a module-level ``ANALYZER`` (see :class:`Analyzer`):
+
+* ``probe(data, to_server) -> True | False | None`` looks at the first bytes a direction carried
+  (``to_server`` is True for initiator -> responder); True claims the flow, False rejects it,
+  None asks for more bytes (e.g. only a COTP connection request was seen yet).
+* ``parse(buf, to_server) -> (consumed, commands, identity)`` reads as many *complete* PDUs as
+  ``buf`` holds from its start and returns how many bytes it consumed (0 when the first PDU is
+  still incomplete), the ``(protocol name, command name)`` pairs seen, and a dict of identity facts
+  about the *sender* of ``buf`` (keys: ``vendor``, ``name``, ``type``, ``firmware``, ``serial``,
+  ``userAgent``, ``server``).  It raises :class:`Malformed` when the bytes cannot be this
+  protocol; the flow then counts a decode error and resynchronises at the next segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+class Malformed(ValueError):
+    """A PDU that violates its protocol's framing; counted per protocol, never raised further."""
+
+
+ParseResult = tuple[int, list[tuple[str, str]], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Analyzer:
+    name: str  # the protocol name counted for decode errors (``modbus``, ``s7comm``, ...)
+    probe: Callable[[bytes, bool], bool | None]
+    parse: Callable[[bytes, bool], ParseResult]
+    tcp_ports: frozenset[int] = field(default_factory=frozenset)
+    udp_ports: frozenset[int] = field(default_factory=frozenset)
+    any_tcp_port: bool = False  # probed on every TCP flow (HTTP)
+    datagram: bool = False  # UDP: every datagram is parsed on its own

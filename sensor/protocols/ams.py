@@ -1,0 +1,111 @@
+"""Beckhoff ADS/AMS analyzer: AMS/TCP (48898, 6-byte prefix) and AMS/UDP (48899) command names.
+
+Owns the command-id table and the Read Device Info reply parser; never touches flows or storage.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from . import Analyzer, Malformed
+
+# Command names as the contract spells them (Wireshark packet-ams.c, AMS_CMDID_*).
+COMMAND_NAMES = {
+    1: "AMS Read Device Info",
+    2: "AMS Read",
+    3: "AMS Write",
+    4: "AMS Read State",
+    5: "AMS Write Control",
+    6: "AMS Add Device Notification",
+    7: "AMS Delete Device Notification",
+    8: "AMS Device Notification",
+    9: "AMS Read Write",
+}
+
+AMS_TCP = struct.Struct("<HI")  # reserved (0), length of the AMS packet that follows
+# AMS header: target net id, target port, source net id, source port, command id, state flags,
+# data length, error code, invoke id (packet-ams.c: ams.targetnetid ... ams.invokeid).
+AMS_HEADER = struct.Struct("<6sH6sHHHIII")
+AMS_HEADER_SIZE = 32
+STATE_RESPONSE = 0x0001
+MAX_AMS_LENGTH = 1 << 22
+
+
+def _command_name(command_id: int) -> str:
+    return COMMAND_NAMES.get(command_id) or f"AMS Command {command_id}"
+
+
+def _device_info(data: memoryview) -> dict[str, str]:
+    """Read Device Info reply: result, major, minor, build, 16-byte device name (ADS spec)."""
+    if len(data) < 24:
+        return {}
+    result, major, minor, build = struct.unpack_from("<IBBH", data)
+    if result != 0:
+        return {}
+    name = bytes(data[8:24]).split(b"\x00", 1)[0].decode("latin-1").strip()
+    identity = {"vendor": "Beckhoff", "firmware": f"{major}.{minor}.{build}"}
+    if name:
+        identity["name"] = name
+    return identity
+
+
+def _ams_packet(view: memoryview, pos: int, size: int):
+    """Name one AMS packet of ``size`` bytes at ``pos``; returns (command, identity)."""
+    if size < AMS_HEADER_SIZE:
+        raise Malformed(f"AMS packet of {size} bytes is shorter than its header")
+    (_, _, _, _, command_id, state, data_length, _, _) = AMS_HEADER.unpack_from(view, pos)
+    identity = {}
+    if command_id == 1 and state & STATE_RESPONSE:
+        data = view[pos + AMS_HEADER_SIZE : pos + AMS_HEADER_SIZE + min(data_length, size - AMS_HEADER_SIZE)]
+        identity = _device_info(data)
+    return ("ams", _command_name(command_id)), identity
+
+
+def probe(data: bytes, to_server: bool) -> bool | None:
+    if len(data) < 6 + AMS_HEADER_SIZE:
+        return None if len(data) < 6 or AMS_TCP.unpack_from(data)[0] == 0 else False
+    reserved, length = AMS_TCP.unpack_from(data)
+    if reserved != 0 or not AMS_HEADER_SIZE <= length <= MAX_AMS_LENGTH:
+        return False
+    data_length = AMS_HEADER.unpack_from(data, 6)[6]
+    return data_length <= length - AMS_HEADER_SIZE
+
+
+def parse(buf: bytes, to_server: bool):
+    view = memoryview(buf)
+    pos, end = 0, len(buf)
+    commands, identity = [], {}
+    while end - pos >= 6:
+        reserved, length = AMS_TCP.unpack_from(view, pos)
+        if reserved != 0 or not AMS_HEADER_SIZE <= length <= MAX_AMS_LENGTH:
+            if commands:
+                break
+            raise Malformed(f"AMS/TCP reserved {reserved:#x}, length {length}")
+        if end - pos < 6 + length:
+            break
+        command, facts = _ams_packet(view, pos + 6, length)
+        commands.append(command)
+        identity.update(facts)
+        pos += 6 + length
+    return pos, commands, identity
+
+
+def probe_udp(data: bytes, to_server: bool) -> bool:
+    """AMS/UDP carries the bare AMS header (no AMS/TCP prefix); the header's data length must fit."""
+    if len(data) < AMS_HEADER_SIZE:
+        return False
+    data_length = AMS_HEADER.unpack_from(data)[6]
+    return AMS_HEADER_SIZE + data_length <= len(data)
+
+
+def parse_udp(buf: bytes, to_server: bool):
+    if not probe_udp(buf, to_server):
+        raise Malformed("AMS/UDP datagram shorter than its header")
+    command, identity = _ams_packet(memoryview(buf), 0, len(buf))
+    return len(buf), [command], identity
+
+
+ANALYZER = Analyzer(name="ams", probe=probe, parse=parse, tcp_ports=frozenset({48898}))
+UDP_ANALYZER = Analyzer(
+    name="ams", probe=probe_udp, parse=parse_udp, udp_ports=frozenset({48899}), datagram=True
+)

@@ -1,0 +1,123 @@
+"""HTTP/1.x analyzer on any TCP port: request methods, and the User-Agent / Server headers as identity.
+
+Owns request/response head parsing and body skipping; never touches flows or storage.
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import Analyzer, Malformed
+
+# Methods of RFC 9110 section 9, RFC 5789 (PATCH) and WebDAV (RFC 4918), as Wireshark's packet-http.c
+# recognises them at the start of a request line.
+METHODS = frozenset(
+    b"GET POST HEAD PUT DELETE OPTIONS TRACE CONNECT PATCH PROPFIND PROPPATCH MKCOL COPY MOVE LOCK "
+    b"UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT MERGE SUBSCRIBE UNSUBSCRIBE NOTIFY M-SEARCH".split()
+)
+MAX_HEAD = 64 * 1024  # a request or status line plus headers longer than this is not HTTP we follow
+
+# "METHOD SP request-target [SP HTTP/x.y]" (no version: HTTP/0.9, RFC 1945 section 4.1)
+REQUEST_LINE = re.compile(rb"([A-Z][A-Z-]{2,15}) +[^ \r\n]+(?: +HTTP/\d\.\d)? *\r?\n")
+STATUS_LINE = re.compile(rb"HTTP/\d\.\d +\d{3}")
+NEXT_REQUEST = re.compile(rb"\n(?=(?:" + b"|".join(sorted(METHODS)) + rb") )")
+NEXT_RESPONSE = re.compile(rb"\n(?=HTTP/\d\.\d \d{3})")
+HEADER = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*:[ \t]*(.*?)[ \t]*\r?$", re.M)
+HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _request_method(data: bytes) -> bytes | None:
+    match = REQUEST_LINE.match(data)
+    if match and match.group(1) in METHODS:
+        return match.group(1)
+    return None
+
+
+def probe(data: bytes, to_server: bool) -> bool | None:
+    """A request line from the initiator (or, mid-stream, from either side) claims the flow."""
+    line_end = data.find(b"\n")
+    if line_end < 0:
+        if len(data) >= MAX_HEAD:
+            return False
+        first = data.split(b" ", 1)[0]
+        if b" " not in data:
+            return None if len(first) < 16 and (not first or first.isupper()) else False
+        return None if first in METHODS else False
+    return _request_method(data[: line_end + 1]) is not None
+
+
+def _head(buf: bytes, pos: int) -> tuple[int, dict[bytes, bytes]] | None:
+    """End of the head starting at pos and its headers (names lower-case), or None if incomplete."""
+    end = HEAD_END.search(buf, pos, pos + MAX_HEAD)
+    if end is None:
+        if len(buf) - pos >= MAX_HEAD:
+            raise Malformed("HTTP head longer than 64 KiB")
+        return None
+    first_line_end = buf.index(b"\n", pos) + 1
+    headers = {m.group(1).lower(): m.group(2) for m in HEADER.finditer(buf, first_line_end, end.start() + 1)}
+    return end.end(), headers
+
+
+def _body_length(headers: dict[bytes, bytes]) -> int | None:
+    """Content-Length when the body is delimited by it; None means 'resynchronise on the next head'."""
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        return None
+    length = headers.get(b"content-length", b"0").strip()
+    return int(length) if length.isdigit() and len(length) < 16 else None
+
+
+def _text(value: bytes) -> str:
+    return value.decode("latin-1")[:256]
+
+
+def parse(buf: bytes, to_server: bool):
+    """Heads at the start of buf; bodies skipped by Content-Length (consumed may exceed len(buf))."""
+    commands: list[tuple[str, str]] = []
+    identity: dict[str, str] = {}
+    pos, end = 0, len(buf)
+    while pos < end:
+        if to_server:
+            method = _request_method(buf[pos : pos + 4096])
+            if method is None:
+                if buf.find(b"\n", pos, pos + 4096) < 0 and end - pos < 4096:
+                    break  # a request line still arriving
+                if (pos := _resync(buf, pos, NEXT_REQUEST)) >= end - 16:
+                    break
+                continue
+            if not REQUEST_LINE.match(buf, pos).group(0).rstrip().endswith((b"HTTP/1.0", b"HTTP/1.1")):
+                commands.append(("http", method.decode()))  # HTTP/0.9 and HTTP/2-less lines: no headers
+                pos = buf.index(b"\n", pos) + 1
+                continue
+        elif not STATUS_LINE.match(buf, pos):
+            if end - pos < 12:
+                break
+            if (pos := _resync(buf, pos, NEXT_RESPONSE)) >= end - 16:
+                break
+            continue
+        head = _head(buf, pos)
+        if head is None:
+            break
+        head_end, headers = head
+        if to_server:
+            commands.append(("http", method.decode()))
+            if b"user-agent" in headers:
+                identity["userAgent"] = _text(headers[b"user-agent"])
+        elif b"server" in headers:
+            identity["server"] = _text(headers[b"server"])
+        body = _body_length(headers)
+        if body is None:
+            pos = _resync(buf, head_end, NEXT_REQUEST if to_server else NEXT_RESPONSE)
+        else:
+            pos = head_end + body
+    return pos, commands, identity
+
+
+def _resync(buf: bytes, pos: int, pattern: re.Pattern) -> int:
+    """Skip a body of unknown length (chunked, close-delimited) up to the next line that starts a head."""
+    match = pattern.search(buf, pos)
+    if match:
+        return match.end()
+    return max(pos, len(buf) - 16)  # keep a tail that may hold the start of the next head
+
+
+ANALYZER = Analyzer(name="http", probe=probe, parse=parse, any_tcp_port=True)

@@ -1,0 +1,96 @@
+"""Modbus/TCP (MBAP) analyzer: frames PDUs by the MBAP length and names their function codes.
+
+Owns the function-code table and the Read Device Identification parser; never touches flows or storage.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from . import Analyzer, Malformed
+
+# Function names exactly as Wireshark's packet-mbtcp.c (function_code_vals) prints them.
+FUNCTION_NAMES = {
+    1: "Read Coils",
+    2: "Read Discrete Inputs",
+    3: "Read Holding Registers",
+    4: "Read Input Registers",
+    5: "Write Single Coil",
+    6: "Write Single Register",
+    7: "Read Exception Status",
+    8: "Diagnostics",
+    11: "Get Comm. Event Counters",
+    12: "Get Comm. Event Log",
+    15: "Write Multiple Coils",
+    16: "Write Multiple Registers",
+    17: "Report Slave ID",
+    20: "Read File Record",
+    21: "Write File Record",
+    22: "Mask Write Register",
+    23: "Read Write Register",
+    24: "Read FIFO Queue",
+    43: "Encapsulated Interface Transport",
+    90: "Unity (Schneider)",
+}
+_NAMES = {code: FUNCTION_NAMES.get(code, f"Function code {code}") for code in range(128)}
+
+# Read Device Identification (function 43, MEI type 14) object ids, Modbus Application Protocol
+# Specification V1.1b3 section 6.21.
+DEVICE_ID_OBJECTS = {0: "vendor", 1: "productCode", 2: "firmware", 4: "name", 5: "type"}
+
+MBAP = struct.Struct(">HHHBB")  # transaction id, protocol id, length, unit id, function code
+MBAP_SIZE = 7  # the function code is the first PDU byte
+MAX_LENGTH = 254  # unit id + PDU of at most 253 bytes
+
+
+def probe(data: bytes, to_server: bool) -> bool | None:
+    """An MBAP header: protocol id 0, a plausible length and a function code (TLS starts 16 03 ..)."""
+    if len(data) < 8:
+        return None
+    _, protocol_id, length, _, function = MBAP.unpack_from(data)
+    return protocol_id == 0 and 2 <= length <= MAX_LENGTH and (function & 0x7F) != 0
+
+
+def _device_identification(pdu: memoryview) -> dict[str, str]:
+    """Objects of a Read Device Identification reply: MEI type, code, conformity, more, next, count."""
+    identity: dict[str, str] = {}
+    if len(pdu) < 7 or pdu[1] != 14:
+        return identity
+    count, pos = pdu[6], 7
+    for _ in range(count):
+        if pos + 2 > len(pdu):
+            break
+        object_id, size = pdu[pos], pdu[pos + 1]
+        value = bytes(pdu[pos + 2 : pos + 2 + size]).decode("latin-1").strip("\x00 ")
+        pos += 2 + size
+        key = DEVICE_ID_OBJECTS.get(object_id)
+        if key and value:
+            identity[key] = value
+    if "productCode" in identity and "type" not in identity:
+        identity["type"] = identity["productCode"]
+    identity.pop("productCode", None)
+    return identity
+
+
+def parse(buf: bytes, to_server: bool):
+    view = memoryview(buf)
+    pos, end = 0, len(buf)
+    commands: list[tuple[str, str]] = []
+    identity: dict[str, str] = {}
+    while end - pos >= 8:
+        _, protocol_id, length, _, function = MBAP.unpack_from(view, pos)
+        if protocol_id != 0 or not 2 <= length <= MAX_LENGTH:
+            if commands:  # name what came before; the bad bytes raise on the next call
+                break
+            raise Malformed(f"MBAP protocol id {protocol_id}, length {length}")
+        size = 6 + length
+        if end - pos < size:
+            break
+        commands.append(("modbus", _NAMES[function & 0x7F]))
+        if function == 43 and not to_server:
+            identity.update(_device_identification(view[pos + MBAP_SIZE : pos + size]))
+        pos += size
+    return pos, commands, identity
+
+
+ANALYZER = Analyzer(name="modbus", probe=probe, parse=parse, tcp_ports=frozenset({502}))

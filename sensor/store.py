@@ -1,0 +1,244 @@
+"""The DuckDB store: versioned schema, batched semilattice merges of connection-table deltas, and queries.
+
+Owns every SQL statement and the JSON that lists are served as (built inside DuckDB); never decodes packets.
+One process owns the file: DuckDB refuses a second writer, which surfaces here as :class:`StoreBusy`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import duckdb
+
+from .connections import ConnectionTable, ip_text
+from .oui import vendor as oui_vendor
+
+SCHEMA_VERSION = 1
+SCHEMA = [
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "CREATE SEQUENCE device_ids START 1",
+    """CREATE TABLE devices (
+        id BIGINT NOT NULL, ip VARCHAR NOT NULL, macs VARCHAR[] NOT NULL, roles VARCHAR[] NOT NULL,
+        vendor VARCHAR, mac_vendor VARCHAR, name VARCHAR, model VARCHAR, firmware VARCHAR, serial VARCHAR,
+        user_agent VARCHAR, server VARCHAR, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL)""",
+    """CREATE TABLE connections (
+        first_device_id BIGINT NOT NULL, second_device_id BIGINT NOT NULL, ports INTEGER[] NOT NULL,
+        protocols STRUCT(name VARCHAR, commands VARCHAR[])[] NOT NULL,
+        discovered BIGINT NOT NULL, last_seen BIGINT NOT NULL, packets BIGINT NOT NULL,
+        bytes BIGINT NOT NULL, user_agent VARCHAR)""",
+    """CREATE TABLE tokens (
+        name VARCHAR NOT NULL, hash VARCHAR NOT NULL, created BIGINT NOT NULL, expires BIGINT,
+        revoked BIGINT)""",
+    f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION})",
+]
+PROTOCOLS_TYPE = '[{"name":"VARCHAR","commands":["VARCHAR"]}]'
+IDENTITY_COLUMNS = ("vendor", "name", "model", "firmware", "serial", "user_agent", "server")
+IDENTITY_KEYS = {"vendor": "vendor", "name": "name", "type": "model", "firmware": "firmware",
+                 "serial": "serial", "userAgent": "user_agent", "server": "server"}  # fmt: skip
+
+
+class StoreError(Exception):
+    """The DB cannot be used (held by another process, not a DuckDB file, newer schema, disk full)."""
+
+
+class StoreBusy(StoreError):
+    pass
+
+
+def _ms(ns: int) -> int:
+    return ns // 1_000_000
+
+
+class Store:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self.path = str(path)
+        try:
+            self.db = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as error:
+            if "lock" in str(error).lower():
+                raise StoreBusy(f"{self.path} is held by another process (DuckDB allows one writer)") from None
+            raise StoreError(f"cannot open {self.path}: {error}") from None
+        except duckdb.Error as error:
+            raise StoreError(f"cannot open {self.path}: {error}") from None
+        self._lock = threading.Lock()  # one writer at a time inside this process
+        self._local = threading.local()
+        if not read_only:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        tables = {row[0] for row in self.db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "schema_version" not in tables:
+            with self.transaction():
+                for statement in SCHEMA:
+                    self.db.execute(statement)
+            return
+        version = self.db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this otsensor knows {SCHEMA_VERSION}")
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for the calling thread (DuckDB connections are not shared across threads)."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self.db.cursor()
+        return cursor
+
+    def transaction(self):
+        return _Transaction(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def merge(self, delta: ConnectionTable) -> None:
+        """Join a delta into the DB in one transaction: nothing of it is written, or all of it."""
+        if not delta.devices and not delta.connections:
+            return
+        with self._lock:
+            try:
+                with self.transaction():
+                    ids = self._merge_devices(delta)
+                    self._merge_connections(delta, ids)
+            except duckdb.Error as error:
+                raise StoreError(f"writing to {self.path} failed: {error}") from None
+
+    def _merge_devices(self, delta: ConnectionTable) -> dict[bytes, int]:
+        db = self.db
+        addresses = {ip_text(address): address for address in delta.devices}
+        texts = list(addresses)
+        existing = {
+            row[1]: row
+            for row in db.execute(
+                "SELECT id, ip, macs, roles, vendor, name, model, firmware, serial, user_agent, server, "
+                "first_seen, last_seen FROM devices WHERE ip IN (SELECT unnest($1))",
+                [texts],
+            ).fetchall()
+        }
+        new = [text for text in texts if text not in existing]
+        fresh_ids = []
+        if new:
+            fresh_ids = [r[0] for r in db.execute("SELECT nextval('device_ids') FROM range($1)", [len(new)]).fetchall()]
+        new_ids = dict(zip(new, fresh_ids))
+        names = ("id", "ip", "macs", "roles", "vendor", "mac_vendor", *IDENTITY_COLUMNS[1:], "first", "last")
+        columns: dict[str, list] = {name: [] for name in names}
+        ids: dict[bytes, int] = {}
+        for text, address in addresses.items():
+            device = delta.devices[address]
+            identity = {IDENTITY_KEYS[k]: v for k, v in device.identity.items() if k in IDENTITY_KEYS}
+            first, last = _ms(device.first_seen_ns), _ms(device.last_seen_ns)
+            macs, roles = set(device.macs), set(device.roles)
+            row = existing.get(text)
+            if row is None:
+                device_id = new_ids[text]
+            else:
+                device_id = row[0]
+                macs.update(row[2])
+                roles.update(row[3])
+                for column, value in zip(IDENTITY_COLUMNS, row[4:11]):
+                    if value is not None and (column not in identity or value > identity[column]):
+                        identity[column] = value
+                first, last = min(first, row[11]), max(last, row[12])
+            if last < 0:  # known only by its MAC so far: seen when its flows are folded
+                first = last = 0 if row is None else row[12]
+            ids[address] = device_id
+            columns["id"].append(device_id)
+            columns["ip"].append(text)
+            columns["macs"].append(sorted(macs))
+            columns["roles"].append(sorted(roles))
+            for column in IDENTITY_COLUMNS:
+                columns[column].append(identity.get(column))
+            columns["mac_vendor"].append(next(filter(None, map(oui_vendor, sorted(macs))), None))
+            columns["first"].append(first)
+            columns["last"].append(last)
+        if existing:
+            db.execute("DELETE FROM devices WHERE ip IN (SELECT unnest($1))", [list(existing)])
+        db.execute(
+            "INSERT INTO devices SELECT * FROM (SELECT " + ", ".join(f"unnest(${i + 1})" for i in range(len(columns))) + ")",
+            list(columns.values()),
+        )
+        return ids
+
+    def _merge_connections(self, delta: ConnectionTable, ids: dict[bytes, int]) -> None:
+        if not delta.connections:
+            return
+        db = self.db
+        keys = [(ids[client], ids[server]) for client, server in delta.connections]
+        firsts, seconds = [k[0] for k in keys], [k[1] for k in keys]
+        db.execute("CREATE OR REPLACE TEMP TABLE delta_keys AS SELECT unnest($1) AS f, unnest($2) AS s", [firsts, seconds])
+        existing = {
+            (row[0], row[1]): row
+            for row in db.execute(
+                "SELECT c.first_device_id, c.second_device_id, c.ports, to_json(c.protocols)::VARCHAR, "
+                "c.discovered, c.last_seen, c.packets, c.bytes, c.user_agent FROM connections c "
+                "JOIN delta_keys k ON c.first_device_id = k.f AND c.second_device_id = k.s"
+            ).fetchall()
+        }
+        columns: dict[str, list] = {n: [] for n in ("f", "s", "ports", "protocols", "d", "l", "p", "b", "ua")}
+        for key, record in zip(keys, delta.connections.values()):
+            ports = set(record.ports)
+            protocols = {name: set(commands) for name, commands in record.protocols.items()}
+            discovered, last_seen = _ms(record.discovered_ns), _ms(record.last_seen_ns)
+            packets, size, user_agent = record.packets, record.bytes, record.user_agent
+            row = existing.get(key)
+            if row is not None:
+                ports.update(row[2])
+                for entry in json.loads(row[3]):
+                    protocols.setdefault(entry["name"], set()).update(entry["commands"])
+                discovered, last_seen = min(discovered, row[4]), max(last_seen, row[5])
+                packets, size = packets + row[6], size + row[7]
+                if row[8] and (user_agent is None or row[8] > user_agent):
+                    user_agent = row[8]
+            if last_seen < 0:  # commands recorded before the flow's first fold: times come with it
+                discovered = last_seen = row[5] if row is not None else 0
+            columns["f"].append(key[0])
+            columns["s"].append(key[1])
+            columns["ports"].append(sorted(ports))
+            columns["protocols"].append(
+                json.dumps([{"name": n, "commands": sorted(c)} for n, c in sorted(protocols.items())])
+            )
+            columns["d"].append(discovered)
+            columns["l"].append(last_seen)
+            columns["p"].append(packets)
+            columns["b"].append(size)
+            columns["ua"].append(user_agent)
+        if existing:
+            db.execute(
+                "DELETE FROM connections WHERE (first_device_id, second_device_id) IN (SELECT (f, s) FROM delta_keys)"
+            )
+        db.execute(
+            f"""INSERT INTO connections SELECT f, s, ports, from_json(protocols, '{PROTOCOLS_TYPE}'), d, l, p, b, ua
+            FROM (SELECT unnest($1) f, unnest($2) s, unnest($3) ports, unnest($4) protocols, unnest($5) d,
+                  unnest($6) l, unnest($7) p, unnest($8) b, unnest($9) ua)""",
+            list(columns.values()),
+        )
+        db.execute("DROP TABLE delta_keys")
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def counts(self) -> tuple[int, int]:
+        cursor = self.cursor()
+        devices = cursor.execute("SELECT count(*) FROM devices").fetchone()[0]
+        connections = cursor.execute("SELECT count(*) FROM connections").fetchone()[0]
+        return devices, connections
+
+
+class _Transaction:
+    def __init__(self, db: duckdb.DuckDBPyConnection) -> None:
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN TRANSACTION")
+        return self.db
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            self.db.execute("COMMIT")
+        else:
+            try:
+                self.db.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+        return False
