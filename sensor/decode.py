@@ -140,8 +140,10 @@ class Decoder:
             elif ethertype == ETH_PPPOE_SESSION:  # RFC 2516: ver/type, code, session id, length, PPP proto
                 if len(frame) < pos + 8:
                     raise DecodeError("pppoe", "truncated PPPoE session header")
-                ppp = U16.unpack_from(frame, pos + 6)[0]
-                pos += 8
+                if frame[pos + 6] & 0x01:  # protocol-field compression (RFC 1661 6.5): one byte
+                    ppp, pos = frame[pos + 6], pos + 7
+                else:
+                    ppp, pos = U16.unpack_from(frame, pos + 6)[0], pos + 8
                 if ppp == PPP_IPV4:
                     return self._ipv4(frame, pos, mac)
                 if ppp == PPP_IPV6:
