@@ -189,6 +189,8 @@ class FlowTable:
         stream = flow.streams[0 if to_server else 1]
         payload, seq = packet.payload, packet.seq
         if stream.next_seq is None:  # the capture started mid-stream: take this segment as the start
+            if len(payload) == 1:
+                return  # most likely a keep-alive (one byte below the next sequence number): no start
             stream.next_seq = seq
         offset = (seq - stream.next_seq) & SEQ_MASK
         if offset >= 0x80000000:  # starts before what was already delivered
