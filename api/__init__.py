@@ -1,0 +1,74 @@
+"""The REST API: a Flask app over the store, served by api.server — contract section 3.
+
+Owns the application factory and the settings it takes; never captures packets or writes connections.
+Every route reads through ``store.cursor()``, a cursor of its own thread, so the WSGI server's threads
+query DuckDB side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "rate_limit": 600,  # requests per token per rate_window; 0 or None turns the limit off
+    "rate_window": 60.0,  # seconds
+    "token_cache_seconds": 1.0,  # how stale the token table may be: a revocation bites within this
+    "stats": None,  # callable (or object with snapshot()) giving capture statistics; None: replay values
+    "generation": None,  # callable: changes whenever the data may change (see api.etag); None: store's
+}
+
+
+@dataclass
+class ApiContext:
+    """What every request needs, kept in ``app.extensions["otsensor"]``."""
+
+    store: Any
+    settings: dict
+    tokens: Any = None
+    limiter: Any = None
+    validators: Any = None
+    metrics: Any = None
+    stats: Any = field(default=None)
+
+
+def create_app(store, settings: dict | None = None) -> Flask:
+    """The API over ``store`` (a sensor.store.Store); ``settings`` override DEFAULT_SETTINGS."""
+    from . import auth, connections, devices, errors, health, openapi
+    from .etag import Validators
+
+    unknown = set(settings or {}) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown API settings: {', '.join(sorted(unknown))}")
+    settings = {**DEFAULT_SETTINGS, **(settings or {})}
+
+    app = Flask(__name__)
+    app.url_map.merge_slashes = False  # "//" is a 404 like any unknown path, not a redirect
+    app.json.ensure_ascii = False
+
+    generation = settings["generation"]
+    if generation is None and hasattr(store, "generation"):
+        generation = lambda: store.generation  # noqa: E731 — read at each request, not once
+    context = ApiContext(store=store, settings=settings, stats=settings["stats"])
+    context.tokens = auth.TokenBook(store, settings["token_cache_seconds"])
+    if settings["rate_limit"]:
+        context.limiter = auth.RateLimiter(int(settings["rate_limit"]), float(settings["rate_window"]))
+    context.validators = Validators(generation)
+    context.metrics = health.ApiMetrics(context)
+    app.extensions["otsensor"] = context
+
+    app.before_request(context.metrics.start)  # first, so the time includes the token check
+    auth.register(app)
+    app.after_request(_headers)
+    app.after_request(context.metrics.finish)
+    errors.register(app)
+    for module in (connections, devices, openapi, health):
+        app.register_blueprint(module.blueprint)
+    return app
+
+
+def _headers(response):
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 
 from .connections import ConnectionTable
-from .decode import Decoder, DecodeError
+from .decode import DecodeError, Decoder
 from .flows import FlowTable
 
 FOLD_EVERY = 1 << 18  # packets between folds of flow counters into the table (and flow eviction)

@@ -14,7 +14,8 @@ from .protocols.registry import ANALYZERS, SERVER_PORTS
 SEQ_MASK = 0xFFFFFFFF
 PROBE_LIMIT = 8 * 1024  # bytes per direction an undecided flow may buffer before it is given up on
 MAX_BUFFER = 256 * 1024  # an incomplete PDU larger than this is malformed
-MAX_PENDING = 32  # out-of-order segments kept per direction before the hole is declared lost
+MAX_PENDING = 8  # out-of-order segments kept behind a partial PDU before the hole is declared lost
+MAX_HOLES = 4  # skipped sequence ranges remembered per direction
 MAX_ERRORS = 8  # consecutive malformed PDUs after which a flow is no longer parsed
 TCP_IDLE_NS = 300 * 10**9
 UDP_IDLE_NS = 60 * 10**9
@@ -34,24 +35,25 @@ ANY_TCP_PORT = tuple(a for a in ANALYZERS if a.any_tcp_port)
 
 def is_group_address(address: bytes) -> bool:
     """Multicast, broadcast and the unspecified address are never a device at the other end of a flow."""
-    if len(address) == 4:
-        return address[0] >= 224 or address == b"\x00\x00\x00\x00"
+    if len(address) == 4:  # 224/4 multicast, limited broadcast, 0.0.0.0 (240/4 is reserved, not group)
+        return 224 <= address[0] <= 239 or address in (b"\xff\xff\xff\xff", b"\x00\x00\x00\x00")
     return address[0] == 0xFF or address == bytes(16)
 
 
 class Stream:
     """One direction of a TCP flow: the next expected sequence number and the unparsed bytes."""
 
-    __slots__ = ("next_seq", "buf", "skip", "pending")
+    __slots__ = ("next_seq", "buf", "skip", "pending", "holes")
 
     def __init__(self) -> None:
         self.next_seq: int | None = None
         self.buf = b""
         self.skip = 0  # bytes still to drop (a body the analyzer skips by its length)
         self.pending: dict[int, bytes] = {}  # out-of-order segments by sequence number
+        self.holes: list[tuple[int, int]] = []  # sequence ranges skipped, for segments arriving late
 
     def reset(self, next_seq: int) -> None:
-        self.next_seq, self.buf, self.skip, self.pending = next_seq, b"", 0, {}
+        self.next_seq, self.buf, self.skip, self.pending, self.holes = next_seq, b"", 0, {}, []
 
 
 class Flow:
@@ -128,7 +130,7 @@ class FlowTable:
 
     def _new_flow(self, packet: Packet) -> tuple[Flow, bool]:
         src, dst, proto, sport, dport, flags = packet[:6]
-        if proto == IPPROTO_TCP and flags & TCP_SYN:
+        if proto == IPPROTO_TCP and flags & (TCP_SYN | TCP_FIN | TCP_RST) == TCP_SYN:
             from_initiator = not flags & TCP_ACK
         else:
             from_initiator = initiator_is_source(sport, dport)
@@ -136,8 +138,10 @@ class FlowTable:
             flow = Flow(src, dst, sport, dport, proto)
         else:
             flow = Flow(dst, src, dport, sport, proto)
+        # Either port may be the protocol's: a PLC that dials out from 502 still speaks Modbus.
         if proto == IPPROTO_TCP:
-            flow.candidates = list(dict.fromkeys(TCP_CANDIDATES.get(flow.server_port, ()) + ANY_TCP_PORT))
+            candidates = TCP_CANDIDATES.get(flow.server_port, ()) + TCP_CANDIDATES.get(flow.client_port, ())
+            flow.candidates = list(dict.fromkeys(candidates + ANY_TCP_PORT))
         elif proto == IPPROTO_UDP:
             candidates = UDP_CANDIDATES.get(flow.server_port, ()) + UDP_CANDIDATES.get(flow.client_port, ())
             flow.candidates = list(dict.fromkeys(candidates))
@@ -166,7 +170,7 @@ class FlowTable:
 
     def _control(self, flow: Flow, to_server: bool, packet: Packet) -> bool:
         flags = packet.flags
-        if flags & TCP_SYN:
+        if flags & (TCP_SYN | TCP_FIN | TCP_RST) == TCP_SYN:  # SYN+FIN/RST is no handshake (scans, fuzzers)
             if not flags & TCP_ACK:  # the SYN's sender is the initiator
                 if not to_server:
                     self._flip(flow)
@@ -196,19 +200,50 @@ class FlowTable:
         if offset >= 0x80000000:  # starts before what was already delivered
             offset -= 0x100000000
             if offset + len(payload) <= 0:
-                return  # a retransmission of delivered bytes
+                if stream.holes and self._fills_hole(stream, seq, len(payload)):
+                    self._parse_late(flow, stream, payload)
+                return  # else a retransmission of delivered bytes
             payload = payload[-offset:]
-        elif offset:  # a hole before this segment: keep it until the hole fills
-            stream.pending[seq] = bytes(payload)
-            if len(stream.pending) > MAX_PENDING:  # the hole was lost in capture: resume after it
-                stream.next_seq = min(stream.pending, key=lambda s: (s - stream.next_seq) & SEQ_MASK)
-                stream.buf, stream.skip = b"", 0
-                self._drain_pending(flow, stream)
-            return
+        elif offset:  # a hole before this segment
+            if not stream.buf and not stream.skip:
+                # No PDU is waiting for the missing bytes: as Wireshark does by default, read this
+                # segment on its own (PDUs start at segment boundaries in practice); a late copy of
+                # what the hole held is then taken for a retransmission.
+                if len(stream.holes) < MAX_HOLES:
+                    stream.holes.append((stream.next_seq, seq))
+                stream.next_seq = seq
+            else:  # keep it until the hole fills, or give the partial PDU up as lost in capture
+                stream.pending[seq] = bytes(payload)
+                if len(stream.pending) > MAX_PENDING:
+                    stream.next_seq = min(stream.pending, key=lambda s: (s - stream.next_seq) & SEQ_MASK)
+                    stream.buf, stream.skip = b"", 0
+                    self._drain_pending(flow, stream)
+                return
         stream.next_seq = (stream.next_seq + len(payload)) & SEQ_MASK
         self._deliver(flow, stream, payload)
         if stream.pending:
             self._drain_pending(flow, stream)
+
+    @staticmethod
+    def _fills_hole(stream: Stream, seq: int, length: int) -> bool:
+        for i, (start, end) in enumerate(stream.holes):
+            if (seq - start) & SEQ_MASK < 0x80000000 and (end - seq - length) & SEQ_MASK < 0x80000000:
+                del stream.holes[i]
+                return True
+        return False
+
+    def _parse_late(self, flow: Flow, stream: Stream, payload: memoryview) -> None:
+        """A segment that arrived after the bytes behind it: its PDUs are read on their own."""
+        if flow.analyzer is None or flow.analyzer is NOT_RECOGNISED:
+            return
+        to_server = flow.streams[0] is stream
+        try:
+            _, commands, identity = flow.analyzer.parse(bytes(payload), to_server)
+        except (Malformed, ValueError, IndexError, KeyError, UnicodeError):
+            self.errors[flow.analyzer.name] = self.errors.get(flow.analyzer.name, 0) + 1
+            return
+        if commands or identity:
+            self._record(flow, to_server, commands, identity)
 
     def _drain_pending(self, flow: Flow, stream: Stream) -> None:
         while stream.pending:
@@ -334,7 +369,7 @@ class FlowTable:
         """Move every flow's counters into its connection; forget idle and closed flows."""
         table, now = self.table, self.now_ns
         stale = []
-        for key, (flow, forward) in self.entries.items():
+        for flow, forward in self.entries.values():
             if not forward:
                 continue
             if flow.packets:

@@ -81,7 +81,9 @@ def connection_detail(cursor, first_id: int, second_id: int) -> dict | None:
     return detail
 
 
-DEVICE_COLUMNS = "id, ip, macs, roles, vendor, mac_vendor, name, model, firmware, serial, user_agent, server, first_seen, last_seen"
+DEVICE_COLUMNS = (
+    "id, ip, macs, roles, vendor, mac_vendor, name, model, firmware, serial, user_agent, server, first_seen, last_seen"
+)
 
 
 def _device(row) -> dict:

@@ -156,7 +156,9 @@ class Store:
         if existing:
             db.execute("DELETE FROM devices WHERE ip IN (SELECT unnest($1))", [list(existing)])
         db.execute(
-            "INSERT INTO devices SELECT * FROM (SELECT " + ", ".join(f"unnest(${i + 1})" for i in range(len(columns))) + ")",
+            "INSERT INTO devices SELECT * FROM (SELECT "
+            + ", ".join(f"unnest(${i + 1})" for i in range(len(columns)))
+            + ")",
             list(columns.values()),
         )
         return ids
@@ -167,7 +169,9 @@ class Store:
         db = self.db
         keys = [(ids[client], ids[server]) for client, server in delta.connections]
         firsts, seconds = [k[0] for k in keys], [k[1] for k in keys]
-        db.execute("CREATE OR REPLACE TEMP TABLE delta_keys AS SELECT unnest($1) AS f, unnest($2) AS s", [firsts, seconds])
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE delta_keys AS SELECT unnest($1) AS f, unnest($2) AS s", [firsts, seconds]
+        )
         existing = {
             (row[0], row[1]): row
             for row in db.execute(

@@ -30,7 +30,11 @@ def test_decoder_only_raises_decode_error(linktype, frame):
 def _valid_frames() -> list[bytes]:
     frames = []
     session = Session(Engine())
-    for payload in (mbap(1, 3), b"GET / HTTP/1.1\r\n\r\n", bytes.fromhex("0300001611e00000000100c0010ac1020100c2020102")):
+    for payload in (
+        mbap(1, 3),
+        b"GET / HTTP/1.1\r\n\r\n",
+        bytes.fromhex("0300001611e00000000100c0010ac1020100c2020102"),
+    ):
         frames.append(session.frame(True, payload))
     return frames
 

@@ -18,8 +18,8 @@ An analyzer module exposes a module-level ``ANALYZER`` (see :class:`Analyzer`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 class Malformed(ValueError):

@@ -106,6 +106,4 @@ def parse_udp(buf: bytes, to_server: bool):
 
 
 ANALYZER = Analyzer(name="ams", probe=probe, parse=parse, tcp_ports=frozenset({48898}))
-UDP_ANALYZER = Analyzer(
-    name="ams", probe=probe_udp, parse=parse_udp, udp_ports=frozenset({48899}), datagram=True
-)
+UDP_ANALYZER = Analyzer(name="ams", probe=probe_udp, parse=parse_udp, udp_ports=frozenset({48899}), datagram=True)

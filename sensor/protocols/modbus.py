@@ -44,11 +44,12 @@ MAX_LENGTH = 254  # unit id + PDU of at most 253 bytes
 
 
 def probe(data: bytes, to_server: bool) -> bool | None:
-    """An MBAP header: protocol id 0, a plausible length and a function code (TLS starts 16 03 ..)."""
+    """An MBAP header: protocol id 0 and a plausible length (TLS starts 16 03 .., so its "protocol id"
+    is 0x03xx).  Any function code is accepted: Wireshark names unknown ones "Function code N"."""
     if len(data) < 8:
         return None
-    _, protocol_id, length, _, function = MBAP.unpack_from(data)
-    return protocol_id == 0 and 2 <= length <= MAX_LENGTH and (function & 0x7F) != 0
+    _, protocol_id, length, _, _ = MBAP.unpack_from(data)
+    return protocol_id == 0 and 2 <= length <= MAX_LENGTH
 
 
 def _device_identification(pdu: memoryview) -> dict[str, str]:
