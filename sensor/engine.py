@@ -7,32 +7,59 @@ from __future__ import annotations
 
 import struct
 
+from .batch import MIN_BATCH, FastPath
 from .connections import ConnectionTable
-from .decode import DecodeError, Decoder
+from .decode import LINKTYPE_ETHERNET, DecodeError, Decoder
 from .flows import FlowTable
+from .protocols.registry import ANALYZERS
 
+CHUNK = 4096  # frames per fast-path step
 FOLD_EVERY = 1 << 18  # packets between folds of flow counters into the table (and flow eviction)
 
 
 class Engine:
-    def __init__(self) -> None:
+    def __init__(self, vectorised: bool = True) -> None:
         self.table = ConnectionTable()
         self.errors: dict[str, int] = {}  # decode errors per layer / protocol
         self.decoder = Decoder()
         self.flows = FlowTable(self.table, self.errors)
+        self.fast = FastPath(self.flows, ANALYZERS) if vectorised else None
         self.packets = 0
         self.bytes = 0
         self._since_fold = 0
 
     def process_batch(self, batch) -> None:
         """Decode every frame of a :class:`sensor.readers.FrameBatch` and feed the flow table."""
+        if self.fast is not None and len(batch.offsets) > CHUNK:
+            # Flows started in one chunk take the fast path in the next: the chunk is the unit in
+            # which flow state may lag behind the packets.
+            for start in range(0, len(batch.offsets), CHUNK):
+                end = start + CHUNK
+                self._process(
+                    batch._replace(
+                        offsets=batch.offsets[start:end],
+                        caplens=batch.caplens[start:end],
+                        wirelens=batch.wirelens[start:end],
+                        ts_ns=batch.ts_ns[start:end],
+                    )
+                )
+        else:
+            self._process(batch)
+
+    def _process(self, batch) -> None:
         decode = self.decoder.decode
         process = self.flows.process
         linktype, data = batch.linktype, memoryview(batch.data)
         offsets, caplens = batch.offsets.tolist(), batch.caplens.tolist()
         wirelens, stamps = batch.wirelens.tolist(), batch.ts_ns.tolist()
         errors = self.errors
-        for i in range(len(offsets)):
+        deferred = None
+        if self.fast is not None and linktype == LINKTYPE_ETHERNET and len(offsets) >= MIN_BATCH:
+            scalar, deferred = self.fast.split(batch)
+            indices = scalar.tolist()
+        else:
+            indices = range(len(offsets))
+        for i in indices:
             start = offsets[i]
             try:
                 packet = decode(linktype, data[start : start + caplens[i]])
@@ -44,6 +71,8 @@ class Engine:
                 continue
             if packet is not None:
                 process(packet, stamps[i], wirelens[i])
+        if deferred is not None:
+            self.fast.finish(deferred)
         count = len(offsets)
         self.packets += count
         self.bytes += sum(wirelens)

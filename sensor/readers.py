@@ -765,6 +765,8 @@ class CaptureReader:
             # An SPB belongs to interface 0 and is cut to its snaplen; it has no timestamp.
             if not interfaces:
                 return "simple packet block before any interface description"
+            if blen < 16:
+                return f"simple packet block length {blen} < 16"
             linktype, snaplen, _units, _offset = interfaces[0]
             wirelen = _SPB_BODY[order].unpack_from(buf, b + 8)[0]
             caplen = min(wirelen, blen - 16)

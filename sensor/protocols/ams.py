@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from . import Analyzer, Malformed
 
 # Command names as the contract spells them (Wireshark packet-ams.c, AMS_CMDID_*).
@@ -105,5 +107,24 @@ def parse_udp(buf: bytes, to_server: bool):
     return len(buf), [command], identity
 
 
-ANALYZER = Analyzer(name="ams", probe=probe, parse=parse, tcp_ports=frozenset({48898}))
+def batch(data, starts: np.ndarray, lengths: np.ndarray):
+    """Segments holding exactly one AMS/TCP packet; Read Device Info (identity) excluded."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    last = len(buf) - 1
+
+    def byte(k: int) -> np.ndarray:
+        return buf[np.minimum(starts + k, last)].astype(np.int64)
+
+    length = byte(2) | byte(3) << 8 | byte(4) << 16 | byte(5) << 24
+    command_id = byte(22) | byte(23) << 8
+    ok = (lengths >= 6 + AMS_HEADER_SIZE) & (byte(0) == 0) & (byte(1) == 0) & (length + 6 == lengths)
+    ok &= (length <= MAX_AMS_LENGTH) & (command_id != 1)
+    return ok, command_id
+
+
+def command(code: int) -> tuple[str, str]:
+    return ("ams", _command_name(code))
+
+
+ANALYZER = Analyzer(name="ams", probe=probe, parse=parse, tcp_ports=frozenset({48898}), batch=batch, command=command)
 UDP_ANALYZER = Analyzer(name="ams", probe=probe_udp, parse=parse_udp, udp_ports=frozenset({48899}), datagram=True)

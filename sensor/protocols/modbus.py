@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from . import Analyzer, Malformed
 
 # Function names exactly as Wireshark's packet-mbtcp.c (function_code_vals) prints them.
@@ -94,4 +96,23 @@ def parse(buf: bytes, to_server: bool):
     return pos, commands, identity
 
 
-ANALYZER = Analyzer(name="modbus", probe=probe, parse=parse, tcp_ports=frozenset({502}))
+def batch(data, starts: np.ndarray, lengths: np.ndarray):
+    """Segments holding exactly one ADU (MBAP length + 6 == segment length); 43 (identity) excluded."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    last = len(buf) - 1
+
+    def byte(k: int) -> np.ndarray:
+        return buf[np.minimum(starts + k, last)].astype(np.int64)
+
+    length = byte(4) << 8 | byte(5)
+    function = byte(7)
+    ok = (lengths >= 8) & (byte(2) == 0) & (byte(3) == 0) & (length >= 2) & (length <= MAX_LENGTH)
+    ok &= (length + 6 == lengths) & ((function & 0x7F) != 43)
+    return ok, function & 0x7F
+
+
+def command(code: int) -> tuple[str, str]:
+    return ("modbus", _NAMES[code])
+
+
+ANALYZER = Analyzer(name="modbus", probe=probe, parse=parse, tcp_ports=frozenset({502}), batch=batch, command=command)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from sensor.protocols import Analyzer, Malformed, ParseResult
 from sensor.protocols.s7comm_plus import S7COMM_PLUS_PROT_ID, pdu_names
 
@@ -497,4 +499,27 @@ def _text(raw: bytes) -> str:
     return text.decode("ascii")
 
 
-ANALYZER = Analyzer(name="s7comm", probe=probe, parse=parse, tcp_ports=frozenset({102}))
+def batch(data, starts: np.ndarray, lengths: np.ndarray):
+    """Segments holding exactly one TPKT with one complete COTP DT (LI 2, EOT) carrying a Job or
+    Ack_Data S7comm PDU with a parameter part: named by its function code.  User-data (identity,
+    subfunction tables), S7comm-plus and split PDUs are left to parse."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    last = len(buf) - 1
+
+    def byte(k) -> np.ndarray:
+        return buf[np.minimum(starts + k, last)].astype(np.int64)
+
+    rosctr = byte(8)
+    header = np.where(rosctr == ROSCTR_JOB, S7_HEADER.size, S7_HEADER.size + 2)
+    ok = (lengths >= 7 + S7_HEADER.size + 3) & (byte(0) == TPKT_VERSION) & ((byte(2) << 8 | byte(3)) == lengths)
+    ok &= (byte(4) == 2) & ((byte(5) & 0xF0) == COTP_DT) & ((byte(6) & COTP_EOT) != 0) & (byte(7) == S7COMM_PROT_ID)
+    ok &= ((rosctr == ROSCTR_JOB) | (rosctr == ROSCTR_ACK_DATA)) & ((byte(13) << 8 | byte(14)) > 0)
+    ok &= lengths > 7 + header
+    return ok, byte(7 + header)
+
+
+def command(code: int) -> tuple[str, str]:
+    return ("s7comm", FUNCTION_NAMES.get(code, f"Function 0x{code:02x}"))
+
+
+ANALYZER = Analyzer(name="s7comm", probe=probe, parse=parse, tcp_ports=frozenset({102}), batch=batch, command=command)
