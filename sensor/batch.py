@@ -16,6 +16,7 @@ from .flows import NOT_RECOGNISED, SEQ_MASK, FlowTable
 
 TCP_CONTROL = 0x07  # FIN, SYN, RST: they change flow state and go through the scalar path
 MIN_BATCH = 256  # below this the scalar path is as fast
+EARLY_PACKETS = 6  # packets of a new flow run through the scalar path first (handshake, first PDUs)
 
 
 class Headers:
@@ -75,13 +76,57 @@ class FastPath:
         self.analyzers = [a for a in analyzers if a.batch is not None]
         self.analyzer_index = {id(a): i + 1 for i, a in enumerate(self.analyzers)}
 
-    def split(self, batch) -> tuple[np.ndarray, list]:
-        """Handle what the fast path can; returns the frame indices left for the scalar path (in
-        capture order) and a deferred update to apply after them."""
-        h = ipv4_headers(batch.data, batch.offsets, batch.caplens)
+    def early(self, batch) -> np.ndarray:
+        """The first packets of each flow the table does not know yet, in capture order.
+
+        Flows are independent of each other, so running these through the scalar path first (it
+        creates the flow, sees the handshake, decides the protocol) lets the rest of the flow's
+        packets in the same chunk take the fast path without changing any result."""
+        h = self._headers = ipv4_headers(batch.data, batch.offsets, batch.caplens)
         frames = np.flatnonzero(h.good)
         if len(frames) == 0:
-            return np.arange(len(batch.offsets)), []
+            return frames
+        one = (h.src[frames].astype(np.uint64) << np.uint64(16)) | h.sport[frames].astype(np.uint64)
+        other = (h.dst[frames].astype(np.uint64) << np.uint64(16)) | h.dport[frames].astype(np.uint64)
+        low, high, proto = np.minimum(one, other), np.maximum(one, other), h.proto[frames]
+        order = np.lexsort((proto, high, low))
+        first = np.ones(len(order), bool)
+        first[1:] = (
+            (low[order][1:] != low[order][:-1])
+            | (high[order][1:] != high[order][:-1])
+            | (proto[order][1:] != proto[order][:-1])
+        )
+        group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+        rank = np.arange(len(order)) - group_start
+        entries = self.flows.entries
+        unknown = np.zeros(len(order), bool)
+        for position in np.flatnonzero(first).tolist():
+            i = frames[order[position]]
+            key = (
+                int(h.src[i]).to_bytes(4, "big"),
+                int(h.dst[i]).to_bytes(4, "big"),
+                int(h.sport[i]),
+                int(h.dport[i]),
+                int(h.proto[i]),
+            )
+            unknown[position] = key not in entries
+        chosen = unknown[group_start] & (rank < EARLY_PACKETS)
+        return np.sort(frames[order[chosen]])
+
+    def split(self, batch, done: np.ndarray | None = None) -> tuple[np.ndarray, list]:
+        """Handle what the fast path can; returns the frame indices left for the scalar path (in
+        capture order) and a deferred update to apply after them.  ``done``: frames already run."""
+        h = self._headers if done is not None else ipv4_headers(batch.data, batch.offsets, batch.caplens)
+        good = h.good
+        if done is not None and len(done):
+            good = good.copy()
+            good[done] = False
+        frames = np.flatnonzero(good)
+        if len(frames) == 0:
+            leftover = np.ones(len(batch.offsets), bool)
+            if done is not None:
+                leftover[done] = False
+            return np.flatnonzero(leftover), []
         src, dst = h.src[frames], h.dst[frames]
         sport, dport, proto = h.sport[frames], h.dport[frames], h.proto[frames]
         # Group packets by 5-tuple: addresses in one int64 key, ports and protocol in another.
@@ -183,6 +228,8 @@ class FastPath:
         handled = bulk | fast
         leftover = np.ones(len(batch.offsets), bool)
         leftover[frames[handled]] = False
+        if done is not None:
+            leftover[done] = False
         update = []
         if handled.any():
             sel = np.flatnonzero(handled)

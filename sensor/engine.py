@@ -47,18 +47,33 @@ class Engine:
             self._process(batch)
 
     def _process(self, batch) -> None:
-        decode = self.decoder.decode
-        process = self.flows.process
         linktype, data = batch.linktype, memoryview(batch.data)
         offsets, caplens = batch.offsets.tolist(), batch.caplens.tolist()
         wirelens, stamps = batch.wirelens.tolist(), batch.ts_ns.tolist()
-        errors = self.errors
         deferred = None
         if self.fast is not None and linktype == LINKTYPE_ETHERNET and len(offsets) >= MIN_BATCH:
-            scalar, deferred = self.fast.split(batch)
+            early = self.fast.early(batch)
+            self._scalar(batch, data, early.tolist(), offsets, caplens, wirelens, stamps)
+            scalar, deferred = self.fast.split(batch, done=early)
             indices = scalar.tolist()
         else:
             indices = range(len(offsets))
+        self._scalar(batch, data, indices, offsets, caplens, wirelens, stamps)
+        if deferred is not None:
+            self.fast.finish(deferred)
+        count = len(offsets)
+        self.packets += count
+        self.bytes += sum(wirelens)
+        self._since_fold += count
+        if self._since_fold >= FOLD_EVERY:
+            self.fold()
+
+    def _scalar(self, batch, data, indices, offsets, caplens, wirelens, stamps) -> None:
+        """The per-packet path, in capture order, for the frames the fast path left."""
+        decode = self.decoder.decode
+        process = self.flows.process
+        linktype = batch.linktype
+        errors = self.errors
         for i in indices:
             start = offsets[i]
             try:
@@ -71,14 +86,6 @@ class Engine:
                 continue
             if packet is not None:
                 process(packet, stamps[i], wirelens[i])
-        if deferred is not None:
-            self.fast.finish(deferred)
-        count = len(offsets)
-        self.packets += count
-        self.bytes += sum(wirelens)
-        self._since_fold += count
-        if self._since_fold >= FOLD_EVERY:
-            self.fold()
 
     def process_frame(self, linktype: int, frame: bytes, ts_ns: int, wirelen: int | None = None) -> None:
         self.packets += 1
