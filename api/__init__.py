@@ -7,11 +7,15 @@ query DuckDB side by side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:  # Flask is imported when an app is made, so `otsensor replay` does not pay for it
+    from flask import Flask
 
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080  # the contract's default --listen
+# every JSON body: the charset is spelled out for clients (PowerShell 5's Invoke-RestMethod) that guess Latin-1
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 DEFAULT_SETTINGS: dict[str, Any] = {
     "rate_limit": 600,  # requests per token per rate_window; 0 or None turns the limit off
     "rate_window": 60.0,  # seconds
@@ -31,11 +35,13 @@ class ApiContext:
     limiter: Any = None
     validators: Any = None
     metrics: Any = None
-    stats: Any = field(default=None)
+    stats: Any = None
 
 
 def create_app(store, settings: dict | None = None) -> Flask:
     """The API over ``store`` (a sensor.store.Store); ``settings`` override DEFAULT_SETTINGS."""
+    from flask import Flask
+
     from . import auth, connections, devices, errors, health, openapi
     from .etag import Validators
 
@@ -44,9 +50,8 @@ def create_app(store, settings: dict | None = None) -> Flask:
         raise ValueError(f"unknown API settings: {', '.join(sorted(unknown))}")
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no files are served; /static/* is a 404 like any unknown path
     app.url_map.merge_slashes = False  # "//" is a 404 like any unknown path, not a redirect
-    app.json.ensure_ascii = False
 
     generation = settings["generation"]
     if generation is None and hasattr(store, "generation"):

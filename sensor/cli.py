@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from api import cli as api_commands
+
 from . import serialize
 from .readers import CaptureError
 from .store import Store, StoreError
@@ -20,8 +22,9 @@ class UsageError(Exception):
 
 
 def _non_negative(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    """The API's rule for integer parameters: ASCII digits, at most 2**53."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 16 or int(text) > serialize.MAX_INTEGER:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer up to 2**53")
     return int(text)
 
 
@@ -43,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     devices = commands.add_parser("devices", help="print the devices JSON the API serves")
     devices.add_argument("--db", default=DEFAULT_DB)
+
+    api_commands.add_commands(commands)  # serve, demo, token (Flask is imported only when they run)
     return parser
 
 
@@ -82,14 +87,14 @@ def cmd_devices(args) -> int:
     return 0
 
 
-COMMANDS = {"replay": cmd_replay, "connections": cmd_connections, "devices": cmd_devices}
+COMMANDS = {"replay": cmd_replay, "connections": cmd_connections, "devices": cmd_devices, **api_commands.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CaptureError, StoreError, UsageError) as error:
+    except (CaptureError, StoreError, UsageError, api_commands.CommandError) as error:
         print(f"otsensor: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,20 +1,6 @@
-"""Capture-file readers: pcap, pcapng and Microsoft NetMon files (plain or gzip) into FrameBatch arrays.
+"""Capture files (pcap, pcapng, NetMon 1.x/2.x; plain or gzip) in, FrameBatch arrays of frames out.
 
-Owns: the file formats, their quirks and corruption handling. Never: decodes link or IP layers, copies a
-plain file into memory (it is mmap'ed), or raises on a malformed file once its magic was recognised.
-
-How a batch is built: a tight Python loop only walks the record chain (each record's length says where
-the next one starts) and remembers where each record begins; numpy then gathers every header field of
-the batch at once through a strided "row at every byte offset" view of the buffer (see ``_rows``) and
-validates them vectorised.  The first bad record ends the file: everything before it is kept and a
-line naming the record number (1-based, as Wireshark numbers frames) and byte offset goes to
-``problems``.  We stop rather than resynchronise, as libpcap and Wireshark do, so that frame counts
-agree with tshark's and a corrupt length never invents frames.
-
-Progress: ``bytes_read`` / ``size`` count bytes of the file on disk; for a gzip file these are
-*compressed* bytes (the uncompressed size is not known up front).  Offsets in ``problems`` are offsets
-in the (uncompressed) capture stream.
-"""
+Owns the formats and their damage; never decodes link/IP, copies a plain file, or raises once a magic is known."""
 
 from __future__ import annotations
 
@@ -26,11 +12,24 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+# How a batch is built: a tight Python loop only walks the record chain (each record's length says where
+# the next one starts) and remembers where each record begins; numpy then gathers every header field of
+# the batch at once through a strided "row at every byte offset" view of the buffer (see ``_rows``) and
+# validates them vectorised.  The first bad record ends the file: everything before it is kept and a
+# line naming the record number (1-based, as Wireshark numbers frames) and byte offset goes to
+# ``problems``.  We stop rather than resynchronise, as libpcap and Wireshark do, so that frame counts
+# agree with tshark's and a corrupt length never invents frames.
+#
+# Progress: ``bytes_read`` / ``size`` count bytes of the file on disk; for a gzip file these are
+# *compressed* bytes (the uncompressed size is not known up front).  Offsets in ``problems`` are offsets
+# in the (uncompressed) capture stream.
 
 # --- Link-layer header types (tcpdump.org "LINKTYPE_* values"; shared by pcap and pcapng) -----------
 LINKTYPE_NULL = 0  # BSD loopback, host-byte-order AF_ value
@@ -126,7 +125,10 @@ _MASK64 = (1 << 64) - 1
 
 
 class CaptureError(Exception):
-    """Not a capture at all (unknown magic, empty file, unreadable) -> the CLI exits 2."""
+    """Not a capture at all (unknown magic, empty file, unreadable) -> the CLI exits 2.
+
+    The message does not repeat the path: callers print ``f"{path}: {error}"``.
+    """
 
 
 class FrameBatch(NamedTuple):
@@ -203,6 +205,13 @@ class _MappedWindow:
     def progress(self, pos: int) -> int:
         return pos
 
+    def release(self, before: int) -> None:
+        """Drop this process's mapping of the pages before ``before`` (MADV_DONTNEED on a read-only
+        file mapping only unmaps them; a later read faults them back in from the page cache)."""
+        end = before - before % mmap.PAGESIZE
+        if end > 0 and hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._mmap.madvise(mmap.MADV_DONTNEED, 0, end)
+
     def close(self) -> None:
         try:
             self.buf.release()
@@ -246,6 +255,9 @@ class _StreamWindow:
     def read_all(self) -> None:
         while not self.eof:
             self.extend(self.start, self.start + 2 * len(self.buf) + _STREAM_CHUNK)
+
+    def release(self, before: int) -> None:
+        pass  # the stream window keeps only what the current batch needs
 
     def progress(self, pos: int) -> int:
         try:
@@ -381,13 +393,13 @@ class CaptureReader:
             self.size = self.path.stat().st_size
             head, self.compressed = _read_head(self.path)
         except OSError as exc:
-            raise CaptureError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+            raise CaptureError(f"cannot read: {exc.strerror or exc}") from None
         if self.size == 0:
-            raise CaptureError(f"{self.path}: empty file")
+            raise CaptureError("empty file")
         fmt = _sniff(head)
         if fmt is None:
             what = "gzip data that is not a capture" if self.compressed else "unknown magic " + head.hex()
-            raise CaptureError(f"{self.path}: not a pcap, pcapng or NetMon capture ({what})")
+            raise CaptureError(f"not a pcap, pcapng or NetMon capture ({what})")
         self.format: str = fmt
         self._window = None
 
@@ -428,7 +440,12 @@ class CaptureReader:
         builder = _BatchBuilder(self.batch_size, window)
         frames = {"pcap": self._pcap_frames, "pcapng": self._pcapng_frames, "netmon": self._netmon_frames}
         try:
-            yield from frames[self.format](window, builder)
+            for batch in frames[self.format](window, builder):
+                yield batch
+                # The caller is done with this batch: give its pages of a mapped file back, so that
+                # resident memory follows the batch, not the file (the page cache keeps them).
+                if len(batch.offsets):
+                    window.release(int(batch.offsets[-1]))
             if builder.count:
                 yield builder.cut()
         finally:
@@ -436,6 +453,11 @@ class CaptureReader:
                 self.problems.append(window.problem)
             self.bytes_read = self.size
             self.close()  # batches already handed out keep their own view of the data
+
+    @staticmethod
+    def _left(window, at: int) -> int:
+        """Bytes of the stream from offset ``at`` that the window holds (after any growing)."""
+        return window.start + len(window.buf) - at
 
     def _need_more(self, window, builder, resume: int, need_end: int) -> bool:
         """Slide/grow a stream window so [resume, need_end) fits; False at the end of the stream."""
@@ -449,7 +471,7 @@ class CaptureReader:
 
     def _pcap_frames(self, window, builder) -> Iterator[FrameBatch]:
         if not self._need_more(window, builder, 0, 24):
-            self.problems.append(f"truncated file header: {len(window.buf)} of 24 bytes")
+            self.problems.append(f"truncated file header: {self._left(window, 0)} of 24 bytes")
             return
         order, ts_mult, hdr_len = _PCAP_MAGICS[bytes(window.buf[:4])]
         major, _minor, _thiszone, _sigfigs, snaplen, link_field = _PCAP_FILE_HDR[order].unpack_from(window.buf, 4)
@@ -473,7 +495,7 @@ class CaptureReader:
             add = starts.append
             x = pos - base + 8
             try:
-                for _ in range(builder.room()):
+                for _ in repeat(None, builder.room()):
                     add(x)
                     x += u32(buf, x)[0] + hdr_len
             except struct.error:  # ran off the end of the buffer: sorted out below
@@ -508,7 +530,7 @@ class CaptureReader:
                 if self._need_more(window, builder, at, at + hdr_len + caplen):
                     pos = at
                     continue
-                left = base + nbuf - at - hdr_len
+                left = self._left(window, at) - hdr_len
                 self.problems.append(
                     f"truncated record {record + 1} at byte {at}: header says {caplen} bytes, {left} left"
                 )
@@ -518,10 +540,10 @@ class CaptureReader:
                 if self._need_more(window, builder, at, at + hdr_len):
                     pos = at
                     continue
-                if at < base + nbuf:
+                if self._left(window, at) > 0:
                     self.problems.append(
                         f"truncated record {record + 1} at byte {at}: record header cut after"
-                        f" {base + nbuf - at} of {hdr_len} bytes"
+                        f" {self._left(window, at)} of {hdr_len} bytes"
                     )
                 break
             pos = base + x - 8  # the loop stopped because the batch is full
@@ -548,7 +570,7 @@ class CaptureReader:
             add = starts.append
             b = pos - base
             try:
-                for _ in range(builder.room()):
+                for _ in repeat(None, builder.room()):
                     btype, blen = hdr2(buf, b)
                     if btype != _PCAPNG_EPB:
                         break
@@ -574,9 +596,10 @@ class CaptureReader:
             if nbuf - b < 12:
                 if self._need_more(window, builder, pos, pos + 12):
                     continue
-                if b < nbuf:
+                if self._left(window, pos) > 0:
                     self.problems.append(
-                        f"truncated block {block + 1} at byte {pos}: {nbuf - b} bytes left, a block header needs 12"
+                        f"truncated block {block + 1} at byte {pos}: {self._left(window, pos)} bytes left,"
+                        " a block header needs 12"
                     )
                 break
             btype = _U32[order].unpack_from(buf, b)[0]
@@ -610,7 +633,8 @@ class CaptureReader:
                 if self._need_more(window, builder, pos, pos + blen):
                     continue
                 self.problems.append(
-                    f"truncated block {block + 1} at byte {pos}: block length says {blen} bytes, {nbuf - b} left"
+                    f"truncated block {block + 1} at byte {pos}: block length says {blen} bytes,"
+                    f" {self._left(window, pos)} left"
                 )
                 break
             trailer = _U32[new_order].unpack_from(buf, b + blen - 4)[0]
@@ -705,7 +729,8 @@ class CaptureReader:
             if self._need_more(window, builder, at, at + _EPB_FIXED):
                 return True
             self.problems.append(
-                f"truncated block {block + 1} at byte {at}: {left} bytes left, a packet block header needs {_EPB_FIXED}"
+                f"truncated block {block + 1} at byte {at}: {self._left(window, at)} bytes left, a packet"
+                f" block header needs {_EPB_FIXED}"
             )
             return False
         _t, blen, iface, _hi, _lo, caplen, _orig = struct.unpack_from(order + "7I", buf, b)
@@ -723,7 +748,8 @@ class CaptureReader:
             if self._need_more(window, builder, at, at + blen):
                 return True
             self.problems.append(
-                f"truncated block {block + 1} at byte {at}: block length says {blen} bytes, {left} left"
+                f"truncated block {block + 1} at byte {at}: block length says {blen} bytes,"
+                f" {self._left(window, at)} left"
             )
             return False
         else:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 OT_PROTOCOLS = ("modbus", "s7comm", "s7comm-plus", "ams")
+MAX_INTEGER = 2**53  # the largest integer a query parameter may be (every JSON client reads it exactly)
 
 
 def dumps(value) -> str:
@@ -33,8 +34,9 @@ class ConnectionFilter:
             params += [self.device_id, self.device_id]
         if self.last_active_in_minutes is not None:
             now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+            minutes = min(self.last_active_in_minutes, MAX_INTEGER // 60_000)  # BIGINT never overflows
             clauses.append("last_seen >= ?")
-            params.append(now_ms - self.last_active_in_minutes * 60_000)
+            params.append(now_ms - minutes * 60_000)
         if self.discovered_before is not None:
             clauses.append("discovered < ?")
             params.append(self.discovered_before)
@@ -51,16 +53,26 @@ CONNECTION_OBJECT = """{'id': first_device_id::VARCHAR || '-' || second_device_i
 
 def connections_json(cursor, where: ConnectionFilter = ConnectionFilter(), now_ms: int | None = None) -> str:
     """GET /api/v1/devices/connections: ordered by (firstDeviceId, secondDeviceId), built by DuckDB."""
-    clause, params = where.where(now_ms)
+    if where.device_id is None:
+        clause, params = where.where(now_ms)
+        source = f"connections{clause}"
+    else:  # either side: two index lookups instead of a scan for an OR
+        rest, rest_params = replace(where, device_id=None).where(now_ms)
+        rest = rest.replace(" WHERE ", " AND ", 1)
+        source = (
+            f"(SELECT * FROM connections WHERE first_device_id = ?{rest} UNION ALL "
+            f"SELECT * FROM connections WHERE second_device_id = ? AND first_device_id <> ?{rest})"
+        )
+        params = [where.device_id, *rest_params, where.device_id, where.device_id, *rest_params]
     sql = (
         f"SELECT coalesce(to_json(list({CONNECTION_OBJECT} ORDER BY first_device_id, second_device_id))::VARCHAR,"
-        f" '[]') FROM connections{clause}"
+        f" '[]') FROM {source}"
     )
     return cursor.execute(sql, params).fetchone()[0]
 
 
-def _rfc3339(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def connection_detail(cursor, first_id: int, second_id: int) -> dict | None:
@@ -75,8 +87,8 @@ def connection_detail(cursor, first_id: int, second_id: int) -> dict | None:
         return None
     detail = json.loads(row[0])
     detail["identity"] = {"sourceIp": row[4], "userAgent": row[3]}
-    detail["connectedAt"] = _rfc3339(detail["discovered"])
-    detail["lastActiveAt"] = _rfc3339(detail["lastSeen"])
+    detail["connectedAt"] = rfc3339(detail["discovered"])
+    detail["lastActiveAt"] = rfc3339(detail["lastSeen"])
     detail["packets"], detail["bytes"] = row[1], row[2]
     return detail
 

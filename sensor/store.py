@@ -31,6 +31,10 @@ SCHEMA = [
     """CREATE TABLE tokens (
         name VARCHAR NOT NULL, hash VARCHAR NOT NULL, created BIGINT NOT NULL, expires BIGINT,
         revoked BIGINT)""",
+    # per-device lookups filter on either side (the API's /devices/<id>/connections)
+    "CREATE INDEX connections_first ON connections (first_device_id)",
+    "CREATE INDEX connections_second ON connections (second_device_id)",
+    "CREATE INDEX devices_id ON devices (id)",
     f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION})",
 ]
 PROTOCOLS_TYPE = '[{"name":"VARCHAR","commands":["VARCHAR"]}]'
@@ -89,6 +93,7 @@ class Store:
         return _Transaction(self.db)
 
     def close(self) -> None:
+        self._local = threading.local()  # drop this thread's cursor before the connection
         self.db.close()
 
     # -- writing ----------------------------------------------------------------------------------

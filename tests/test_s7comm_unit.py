@@ -150,7 +150,7 @@ def test_userdata_subfunctions_by_group():
 
 def test_mode_transition_push():
     param = bytes.fromhex("0100101000000000")  # from a CPU going to STOP
-    assert parsed(cotp_dt(s7(7, param)))[1] == []  # a status push, not a command (as Wireshark 4.0)
+    assert parsed(cotp_dt(s7(7, param)))[1] == [("s7comm", "STOP")]
 
 
 def test_setup_communication_and_cr_are_consumed_together():

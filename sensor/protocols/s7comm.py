@@ -130,6 +130,20 @@ USERDATA_DRR_SUBFUNC_NAMES = {
     0x03: "DRR Data",
 }
 
+# modetrans_param_subfunc_names (4.0: group 0 "Mode-transition"; newer: modetrans_param_mode_names
+# of the "Mode transition indication", userdata function 0x01).  The CPU pushes its new mode.
+MODE_TRANSITION_NAMES = {
+    0x00: "STOP",
+    0x01: "Warm Restart",
+    0x02: "RUN",
+    0x03: "Hot Restart",
+    0x04: "HOLD",
+    0x06: "Cold Restart",
+    0x09: "RUN_R (H-System redundant)",
+    0x0B: "LINK-UP",
+    0x0C: "UPDATE",
+}
+
 # Function group (hf_s7comm_userdata_param_funcgroup) -> its subfunction table.  4.0 reads the
 # group from the low nibble, the newer dissector from the low 6 bits; NC programming is 0xf in the
 # one and 0x3f in the other, both kept.
@@ -382,7 +396,7 @@ def _s7comm_name(pdu: bytes, identity: dict[str, str]) -> str | None:
     return None
 
 
-def _userdata_name(param: bytes) -> tuple[str | None, bool]:
+def _userdata_name(param: bytes) -> tuple[str, bool]:
     """(subfunction name, is a Read SZL response) of a userdata parameter part.
 
     Unknown subfunction of a known group: Wireshark prints ``Unknown subfunc: 0xNN``; here it is
@@ -390,15 +404,13 @@ def _userdata_name(param: bytes) -> tuple[str | None, bool]:
     """
     subfunc = param[6]
     if param[0] == UD_FUNCTION_MODE_TRANSITION:
-        # A mode-transition push is the CPU announcing its new mode ("Current mode: STOP"), not a
-        # subfunction anyone asked for; Wireshark 4.0 shows no subfunction, so no command is named.
-        return None, False
+        return MODE_TRANSITION_NAMES.get(subfunc, f"Function 0x{subfunc:02x}"), False
     if param[4] == UD_SYNTAX_ID_PBC_USEND:
         return "USEND", False  # newer dissector: "Function:[Indication] -> [USEND]"
     type_group = param[5]
     group = type_group & UD_GROUP_MASK
     if group == UD_GROUP_MODE_TRANSITION:
-        return None, False
+        return MODE_TRANSITION_NAMES.get(subfunc, f"Function 0x{subfunc:02x}"), False
     table = USERDATA_SUBFUNC_TABLES.get(group)
     if table is None:
         table = USERDATA_SUBFUNC_TABLES.get(group & 0x0F)  # 4.0 reads a nibble

@@ -1,0 +1,52 @@
+"""GET connections: all of them, one device's, one by id — as the contract's section 3 lists them.
+
+Owns these routes and their parameters; the JSON itself comes from sensor.serialize (built inside DuckDB).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+
+from sensor import serialize
+
+from . import etag, params
+from .errors import not_found
+
+blueprint = Blueprint("connections", __name__, url_prefix="/api/v1")
+DEVICE_FILTERS = ("lastActiveInMinutes", "discoveredBefore", "discoveredAfter")  # the path names the device
+
+
+def _list(resource: str, where: serialize.ConnectionFilter, device_id: int | None = None):
+    """A connections list; with ``device_id`` (the path's), 404 unless that device is known."""
+    context = current_app.extensions["otsensor"]
+    tag = None
+    if where.last_active_in_minutes is None:  # a wall-clock window changes its answer without any merge
+        tag = context.validators.for_request(f"{resource}?{where}")
+        if tag is not None and etag.matches(tag):
+            return etag.not_modified(tag)  # the tag proves this answer was given for the same data
+    cursor = context.store.cursor()
+    body = serialize.connections_json(cursor, where)
+    # a device with connections is known; only an empty list needs the second query to tell 404 from []
+    if device_id is not None and body == "[]" and serialize.device(cursor, device_id) is None:
+        raise not_found(f"Cannot find device {device_id}")
+    return etag.json_response(body, tag)
+
+
+@blueprint.get("/devices/connections")
+def all_connections():
+    return _list("connections", params.connection_filter())
+
+
+@blueprint.get("/devices/<device_id>/connections")
+def device_connections(device_id: str):
+    number = params.non_negative("deviceId", device_id)
+    return _list("device-connections", params.connection_filter(DEVICE_FILTERS, device_id=number), number)
+
+
+@blueprint.get("/connections/<connection_id>")
+def connection(connection_id: str):
+    first, second = params.connection_id(connection_id)
+    detail = serialize.connection_detail(current_app.extensions["otsensor"].store.cursor(), first, second)
+    if detail is None:
+        raise not_found(f"Cannot find connection {first}-{second}")
+    return etag.json_response(serialize.dumps(detail))

@@ -1,0 +1,33 @@
+"""GET devices: the list and one device, in Defender for IoT's field names (see sensor.serialize).
+
+Owns these routes; never shapes device JSON itself.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+
+from sensor import serialize
+
+from . import etag, params
+from .errors import not_found
+
+blueprint = Blueprint("devices", __name__, url_prefix="/api/v1")
+
+
+@blueprint.get("/devices")
+def all_devices():
+    context = current_app.extensions["otsensor"]
+    tag = context.validators.for_request("devices")
+    if tag is not None and etag.matches(tag):
+        return etag.not_modified(tag)
+    return etag.json_response(serialize.dumps(serialize.devices(context.store.cursor())), tag)
+
+
+@blueprint.get("/devices/<device_id>")
+def one_device(device_id: str):
+    number = params.non_negative("deviceId", device_id)
+    found = serialize.device(current_app.extensions["otsensor"].store.cursor(), number)
+    if found is None:
+        raise not_found(f"Cannot find device {number}")
+    return etag.json_response(serialize.dumps(found))

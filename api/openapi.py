@@ -1,0 +1,352 @@
+"""GET /api/v1/openapi.json: the OpenAPI 3 document of the whole API, shipped as data (no CDN, no network).
+
+Owns the published description the tests hold the running API to; change it with the routes it describes.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from sensor.serialize import dumps
+
+from . import JSON_CONTENT_TYPE
+from .params import MAX_CONNECTION_ID, MAX_INTEGER
+
+blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
+
+INTEGER = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
+EPOCH_MS = {**INTEGER, "description": "epoch milliseconds, UTC"}
+STRINGS = {"type": "array", "items": {"type": "string"}}
+NULLABLE_STRING = {"type": "string", "nullable": True}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _json(description: str, schema: dict, etag: bool = False) -> dict:
+    response = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if etag:
+        response["headers"] = {"ETag": {"schema": {"type": "string"}, "description": "validator for If-None-Match"}}
+    return response
+
+
+CONNECTION_FIELDS = {
+    "id": {"type": "string", "pattern": r"^[0-9]+-[0-9]+$", "description": "<firstDeviceId>-<secondDeviceId>"},
+    "firstDeviceId": {**INTEGER, "description": "the initiator"},
+    "secondDeviceId": {**INTEGER, "description": "the responder"},
+    "lastSeen": EPOCH_MS,
+    "discovered": EPOCH_MS,
+    "ports": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 65535}},
+    "protocols": {"type": "array", "items": _ref("Protocol")},
+}
+SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["status", "identifier", "message", "details"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "identifier": {"type": "string"},
+            "message": {"type": "string"},
+            "details": {"description": "null, or an object saying more (e.g. the parameter at fault)"},
+        },
+    },
+    "Protocol": {
+        "type": "object",
+        "required": ["name", "commands"],
+        "additionalProperties": False,
+        "properties": {"name": {"type": "string"}, "commands": STRINGS},
+    },
+    "Connection": {
+        "type": "object",
+        "required": list(CONNECTION_FIELDS),
+        "additionalProperties": False,
+        "properties": CONNECTION_FIELDS,
+    },
+    "ConnectionDetail": {
+        "type": "object",
+        "required": [*CONNECTION_FIELDS, "identity", "connectedAt", "lastActiveAt", "packets", "bytes"],
+        "additionalProperties": False,
+        "properties": {
+            **CONNECTION_FIELDS,
+            "identity": {
+                "type": "object",
+                "required": ["sourceIp", "userAgent"],
+                "additionalProperties": False,
+                "properties": {"sourceIp": {"type": "string"}, "userAgent": NULLABLE_STRING},
+            },
+            "connectedAt": {"type": "string", "format": "date-time", "description": "RFC 3339, UTC"},
+            "lastActiveAt": {"type": "string", "format": "date-time", "description": "RFC 3339, UTC"},
+            "packets": {"type": "integer", "minimum": 0},
+            "bytes": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Device": {
+        "type": "object",
+        "required": [
+            "id",
+            "ipAddresses",
+            "macAddresses",
+            "name",
+            "vendor",
+            "type",
+            "protocols",
+            "firmware",
+            "firstSeen",
+            "lastSeen",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "id": INTEGER,
+            "ipAddresses": STRINGS,
+            "macAddresses": STRINGS,
+            "name": NULLABLE_STRING,
+            "vendor": NULLABLE_STRING,
+            "type": {"type": "string", "nullable": True, "enum": ["PLC", "HMI", None]},
+            "protocols": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "roles"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "roles": {"type": "array", "items": {"type": "string", "enum": ["client", "server"]}},
+                    },
+                },
+            },
+            "firmware": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "model": {"type": "string"},
+                        "firmwareVersion": {"type": "string"},
+                        "serial": {"type": "string"},
+                    },
+                },
+            },
+            "identity": {
+                "type": "object",
+                "description": "what the traffic revealed passively (HTTP Server, User-Agent)",
+                "additionalProperties": False,
+                "properties": {"httpServer": {"type": "string"}, "userAgent": {"type": "string"}},
+            },
+            "firstSeen": EPOCH_MS,
+            "lastSeen": EPOCH_MS,
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "mode", "interfaces", "packets", "kernelDrops", "lastFlush", "storage"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "mode": {"type": "string", "enum": ["replay", "live"]},
+            "interfaces": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "packets": {"type": "integer", "minimum": 0},
+                        "drops": {"type": "integer", "minimum": 0},
+                    },
+                },
+            },
+            "packets": {"type": "integer", "minimum": 0},
+            "bytes": {"type": "integer", "minimum": 0},
+            "kernelDrops": {"type": "integer", "minimum": 0},
+            "decodeErrors": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+            "lastFlush": {"type": "string", "format": "date-time", "nullable": True},
+            "lastFlushMs": {"type": "integer", "nullable": True},
+            "problems": STRINGS,
+            "storage": {
+                "type": "object",
+                "required": ["ok"],
+                "properties": {
+                    "ok": {"type": "boolean"},
+                    "devices": {"type": "integer", "minimum": 0},
+                    "connections": {"type": "integer", "minimum": 0},
+                    "error": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+PARAMETERS = {
+    "deviceIdPath": {"name": "deviceId", "in": "path", "required": True, "schema": INTEGER},
+    "connectionId": {
+        "name": "connectionId",
+        "in": "path",
+        "required": True,
+        "description": "<firstDeviceId>-<secondDeviceId>, each part at most 2^53",
+        "schema": {"type": "string", "maxLength": MAX_CONNECTION_ID, "pattern": r"^[0-9]{1,16}-[0-9]{1,16}$"},
+    },
+    "deviceId": {
+        "name": "deviceId",
+        "in": "query",
+        "description": "only connections with this device on either side",
+        "schema": INTEGER,
+    },
+    "lastActiveInMinutes": {
+        "name": "lastActiveInMinutes",
+        "in": "query",
+        "description": "only connections whose lastSeen is within the last M minutes of the sensor's clock",
+        "schema": INTEGER,
+    },
+    "discoveredBefore": {
+        "name": "discoveredBefore",
+        "in": "query",
+        "description": "only connections discovered strictly before this epoch ms",
+        "schema": EPOCH_MS,
+    },
+    "discoveredAfter": {
+        "name": "discoveredAfter",
+        "in": "query",
+        "description": "only connections discovered strictly after this epoch ms",
+        "schema": EPOCH_MS,
+    },
+    "ifNoneMatch": {
+        "name": "If-None-Match",
+        "in": "header",
+        "description": "an ETag from an earlier answer: 304 with no body if nothing changed",
+        "schema": {"type": "string"},
+    },
+}
+
+ERRORS = {
+    "400": _error("a parameter is not a non-negative integer (at most 2^53), or an id is malformed or too long"),
+    "401": _error("Missing token, Invalid token (unknown or revoked) or Expired token"),
+    "429": _error("the token's rate limit is spent; Retry-After says when to try again"),
+    "default": _error("any other error, in the same shape (405, 500, 503)"),
+}
+NOT_MODIFIED = {"304": {"description": "If-None-Match matched: nothing changed, no body"}}
+
+
+def _parameters(*names: str) -> list[dict]:
+    return [{"$ref": f"#/components/parameters/{name}"} for name in names]
+
+
+def _get(summary: str, responses: dict, parameters=(), security: bool = True, operation_id: str = "") -> dict:
+    operation = {"summary": summary, "operationId": operation_id, "responses": responses}
+    if parameters:
+        operation["parameters"] = _parameters(*parameters)
+    if not security:
+        operation["security"] = []
+    return {"get": operation}
+
+
+CONNECTION_LIST = {"type": "array", "items": _ref("Connection")}
+DOCUMENT = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "otsensor API",
+        "version": "1.0.0",
+        "description": "Device-pair connections and devices seen by a passive OT network sensor, after the "
+        "Microsoft Defender for IoT sensor API. Send a token made with `otsensor token create` as "
+        "`Authorization: <token>` or `Authorization: Bearer <token>`. Lists carry an ETag; unknown query "
+        "parameters are ignored.",
+    },
+    "servers": [{"url": "/"}],
+    "security": [{"token": []}],
+    "paths": {
+        "/api/v1/devices/connections": _get(
+            "Connections, ordered by (firstDeviceId, secondDeviceId); filters combine with AND",
+            {"200": _json("connections", CONNECTION_LIST, etag=True), **NOT_MODIFIED, **ERRORS},
+            ("deviceId", "lastActiveInMinutes", "discoveredBefore", "discoveredAfter", "ifNoneMatch"),
+            operation_id="listConnections",
+        ),
+        "/api/v1/devices/{deviceId}/connections": _get(
+            "One device's connections (either side)",
+            {
+                "200": _json("connections", CONNECTION_LIST, etag=True),
+                **NOT_MODIFIED,
+                "404": _error("no such device"),
+                **ERRORS,
+            },
+            ("deviceIdPath", "lastActiveInMinutes", "discoveredBefore", "discoveredAfter", "ifNoneMatch"),
+            operation_id="listDeviceConnections",
+        ),
+        "/api/v1/connections/{connectionId}": _get(
+            "One connection with identity, RFC 3339 times, packets and bytes",
+            {
+                "200": _json("the connection", _ref("ConnectionDetail"), etag=True),
+                **NOT_MODIFIED,
+                "404": _error("no such connection"),
+                **ERRORS,
+            },
+            ("connectionId", "ifNoneMatch"),
+            operation_id="getConnection",
+        ),
+        "/api/v1/devices": _get(
+            "Devices, ordered by id",
+            {"200": _json("devices", {"type": "array", "items": _ref("Device")}, etag=True), **NOT_MODIFIED, **ERRORS},
+            ("ifNoneMatch",),
+            operation_id="listDevices",
+        ),
+        "/api/v1/devices/{deviceId}": _get(
+            "One device",
+            {
+                "200": _json("the device", _ref("Device"), etag=True),
+                **NOT_MODIFIED,
+                "404": _error("no such device"),
+                **ERRORS,
+            },
+            ("deviceIdPath", "ifNoneMatch"),
+            operation_id="getDevice",
+        ),
+        "/api/v1/openapi.json": _get(
+            "This document",
+            {"200": _json("OpenAPI 3 document", {"type": "object"}), "default": ERRORS["default"]},
+            security=False,
+            operation_id="getOpenApi",
+        ),
+        "/healthz": _get(
+            "Capture and storage health",
+            {
+                "200": _json("healthy", _ref("Health")),
+                "503": _error("unhealthy; details holds the health"),
+                "default": ERRORS["default"],
+            },
+            security=False,
+            operation_id="getHealth",
+        ),
+        "/metrics": _get(
+            "Prometheus text format: packets, bytes, drops, decode errors, flush latency, API requests",
+            {
+                "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "default": ERRORS["default"],
+            },
+            security=False,
+            operation_id="getMetrics",
+        ),
+    },
+    "components": {
+        "securitySchemes": {
+            "token": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "`<token>` or `Bearer <token>`",
+            }
+        },
+        "parameters": PARAMETERS,
+        "schemas": SCHEMAS,
+    },
+}
+DOCUMENT_JSON = dumps(DOCUMENT)
+
+
+@blueprint.get("/openapi.json")
+def openapi_document():
+    response = Response(DOCUMENT_JSON, content_type=JSON_CONTENT_TYPE)
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
