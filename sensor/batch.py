@@ -20,7 +20,8 @@ EARLY_PACKETS = 6  # packets of a new flow run through the scalar path first (ha
 
 
 class Headers:
-    """Per-frame header fields of the frames the fast path can read (``good``), as int64 arrays."""
+    """Per-frame header fields of the frames the fast path can read (``good``), as int64 arrays.
+    Protocols other than TCP and UDP have ports 0 and no transport header, as decode.py gives them."""
 
     __slots__ = ("good", "src", "dst", "sport", "dport", "proto", "flags", "seq", "start", "length")
 
@@ -28,7 +29,7 @@ class Headers:
 def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     buf = np.frombuffer(data, dtype=np.uint8)
     last = len(buf) - 1
-    usable = caplens >= 42  # Ethernet + IPv4 + UDP at least
+    usable = caplens >= 34  # Ethernet + IPv4 at least
     base = np.where(usable, offsets, 0)
 
     def byte(index: np.ndarray) -> np.ndarray:
@@ -45,8 +46,9 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     fragment = (byte(l3 + 6) & 0x3F) | byte(l3 + 7)  # MF flag and fragment offset
     proto = byte(l3 + 9)
     tcp, udp = proto == 6, proto == 17
+    other = ~tcp & ~udp  # ICMP and the rest: a flow with ports 0, as decode.py makes it
     l4 = l3 + 20
-    header = np.where(tcp, (byte(l4 + 12) >> 4) * 4, 8)
+    header = np.where(tcp, (byte(l4 + 12) >> 4) * 4, np.where(udp, 8, 0))
     frame_end = base + caplens
     end = np.minimum(l3 + total, frame_end)
     start = l4 + header
@@ -56,14 +58,13 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
         & (ethertype == 0x0800)
         & (byte(l3) == 0x45)  # version 4, no options
         & (fragment == 0)
-        & (tcp | udp)
         & (total >= 20 + header)
         & (~tcp | (header >= 20))
         & (start <= end)
     )
     h.src = u16(l3 + 12) << 16 | u16(l3 + 14)
     h.dst = u16(l3 + 16) << 16 | u16(l3 + 18)
-    h.sport, h.dport, h.proto = u16(l4), u16(l4 + 2), proto
+    h.sport, h.dport, h.proto = np.where(other, 0, u16(l4)), np.where(other, 0, u16(l4 + 2)), proto
     h.flags = np.where(tcp, byte(l4 + 13), 0)
     h.seq = np.where(tcp, u16(l4 + 4) << 16 | u16(l4 + 6), 0)
     h.start, h.length = start, end - start
@@ -139,42 +140,52 @@ class FastPath:
         group = np.empty(len(order), np.int64)
         group[order] = np.cumsum(starts) - 1
         unique = zip(sorted_high[starts].tolist(), sorted_low[starts].tolist())
-        count = int(starts.sum())
 
-        # One dictionary lookup per flow direction, not per packet.
+        # One dictionary lookup per flow direction, not per packet; results in lists, then arrays.
         entries = self.flows.entries
-        known = np.zeros(count, bool)  # flow exists and both MACs are recorded
-        unrecognised = np.zeros(count, bool)
-        kind = np.zeros(count, np.int64)  # analyzer index for the PDU fast path, 0 for none
-        next_seq = np.zeros(count, np.int64)
-        streams: list = [None] * count
-        owners: list = [None] * count
-        for j, (a, b) in enumerate(unique):
+        analyzer_index = self.analyzer_index
+        state = []  # 0 unknown (or MACs not both recorded yet), 1 unrecognised flow, 2 other, 3+ fast kind
+        next_seq = []
+        streams: list = []
+        owners: list = []
+        for a, b in unique:
             entry = entries.get(
-                (
-                    (a >> 32).to_bytes(4, "big"),
-                    (a & 0xFFFFFFFF).to_bytes(4, "big"),
-                    b >> 24,
-                    (b >> 8) & 0xFFFF,
-                    b & 0xFF,
-                )
+                ((a >> 32).to_bytes(4, "big"), (a & 0xFFFFFFFF).to_bytes(4, "big"), b >> 24, (b >> 8) & 0xFFFF, b & 0xFF)
             )
-            if entry is None:
+            if entry is None or entry[0].macs != 3:
+                state.append(0)
+                next_seq.append(0)
+                streams.append(None)
+                owners.append(None)
                 continue
             flow, to_server = entry
-            if flow.macs != 3:
-                continue
-            known[j] = True
-            owners[j] = flow
+            owners.append(flow)
             analyzer = flow.analyzer
-            if analyzer is NOT_RECOGNISED:
-                unrecognised[j] = True
-            elif analyzer is not None and flow.proto == 6:
-                stream = flow.streams[0 if to_server else 1]
-                if stream.next_seq is not None and not stream.buf and not stream.skip and not stream.pending:
-                    kind[j] = self.analyzer_index.get(id(analyzer), 0)
-                    next_seq[j] = stream.next_seq
-                    streams[j] = (stream, to_server)
+            if analyzer is NOT_RECOGNISED or not flow.streams:
+                streams.append(None)
+                state.append(1 if analyzer is NOT_RECOGNISED else 2)
+                next_seq.append(0)
+                continue
+            stream = flow.streams[0 if to_server else 1]
+            streams.append((stream, to_server))
+            if (
+                analyzer is not None
+                and stream.next_seq is not None
+                and not stream.buf
+                and not stream.skip
+                and not stream.pending
+                and id(analyzer) in analyzer_index
+            ):
+                state.append(2 + analyzer_index[id(analyzer)])
+                next_seq.append(stream.next_seq)
+            else:
+                state.append(2)
+                next_seq.append(0)
+        state_of = np.array(state, np.int64)
+        known = state_of > 0
+        unrecognised = state_of == 1
+        kind = np.maximum(state_of - 2, 0)  # analyzer index for the PDU fast path, 0 for none
+        next_seq = np.array(next_seq, np.int64)
 
         flags, seq = h.flags[frames], h.seq[frames]
         length, start = h.length[frames], h.start[frames]
@@ -269,5 +280,10 @@ class FastPath:
             flow.bytes += size
             if high > flows.now_ns:
                 flows.now_ns = high
-        for flow, to_server, command in commands:
-            flows._record(flow, to_server, [command], {})
+        table = flows.table
+        for flow, _, (name, command) in commands:
+            protocols = table.connection(flow.client, flow.server).protocols
+            names = protocols.get(name)
+            if names is None:
+                names = protocols[name] = set()
+            names.add(command)

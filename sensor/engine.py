@@ -13,7 +13,7 @@ from .decode import LINKTYPE_ETHERNET, DecodeError, Decoder
 from .flows import FlowTable
 from .protocols.registry import ANALYZERS
 
-CHUNK = 4096  # frames per fast-path step
+CHUNK = 65536  # frames per fast-path step (flow lookups are per flow direction per chunk)
 FOLD_EVERY = 1 << 18  # packets between folds of flow counters into the table (and flow eviction)
 
 

@@ -68,7 +68,8 @@ class Flow:
         self.handshake = False
         self.analyzer: Analyzer | None = None  # None while undecided; NOT_RECOGNISED once given up
         self.candidates: list[Analyzer] = []
-        self.streams = (Stream(), Stream())  # initiator -> responder, responder -> initiator
+        # initiator -> responder, responder -> initiator; only TCP is reassembled
+        self.streams = (Stream(), Stream()) if proto == IPPROTO_TCP else ()
         self.packets = self.bytes = 0  # since the last fold
         self.first_ns = self.last_ns = 0
         self.macs = 0  # bit 0: the initiator's MAC recorded, bit 1: the responder's

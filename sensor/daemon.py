@@ -1,0 +1,630 @@
+"""The live daemon, `otsensor run`: capture workers feed one process that owns DuckDB and serves the API.
+
+Owns the process tree, the deltas workers send, the scheduled flush / statistics / retention jobs and a
+clean stop; never decodes a packet in the main process, never sends on a capture interface.
+
+    worker 0 ─┐  AF_PACKET + TPACKET_V3 ring per interface, one PACKET_FANOUT_HASH group per interface,
+    worker 1 ─┤  an Engine each; every REPORT_SECONDS: engine.take_delta() + counters ─┐
+       …      │                                                                       ▼
+              └──────────────── multiprocessing queue ─────────────► main: pending ConnectionTable
+                                                                     (the semilattice join of deltas)
+    main: APScheduler jobs — flush (Store.merge every flush_interval), statistics, retention —
+          and the API (cheroot) in a thread, over the same Store.
+
+Workers are *spawned* (a fresh interpreter), not forked: the main process holds a DuckDB handle, a
+listening socket and scheduler threads, none of which a child must inherit, and a worker imports only
+capture and engine (never Flask nor DuckDB). A worker ignores SIGINT/SIGTERM (the main process decides
+when to stop, so a terminal's Ctrl-C or systemd's stop reaches it once, through the main process) and
+dies with its parent (PR_SET_PDEATHSIG), so a SIGKILLed daemon leaves no capture behind.
+
+What a SIGKILL can lose: the deltas not yet flushed — at most one flush interval plus one report
+interval of traffic. The DB is never corrupt (each flush is one DuckDB transaction) and device ids live
+in the DB, so a restart keeps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import multiprocessing
+import operator
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from .capture import Capture, CaptureUnavailable, prepare_passive_interface
+from .connections import Connection, ConnectionTable, Device
+from .engine import Engine
+from .settings import Settings, SettingsError, add_arguments, load, overrides_from_args
+
+log = logging.getLogger("otsensor")
+
+REPORT_SECONDS = 1.0  # how often a worker hands its delta over (at most; half the flush interval if shorter)
+STATS_SECONDS = 10.0  # statistics job: drop and rate log lines, stale-worker check
+STALE_SECONDS = 30.0  # a worker silent for this long is a /healthz problem
+RETENTION_SECONDS = 3600.0  # retention job period (when retention_days > 0)
+WORKER_START_SECONDS = 60.0  # a spawned worker imports numpy and opens its rings within this
+WORKER_STOP_SECONDS = 20.0  # draining rings and sending the last delta takes well under this
+REOPEN_SECONDS = 5.0  # a capture that failed (interface gone) is tried again this often
+BLOCK_SIZE = 1 << 20  # TPACKET_V3 block: ring_mb blocks of 1 MiB per interface and worker
+DAY_MS = 86_400_000
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+# --- deltas on the wire ----------------------------------------------------------------------------
+# A delta crosses the process boundary as plain tuples: pickling the __slots__ objects themselves goes
+# through copyreg's generic path, two to three times slower than tuples of their fields.
+_CONNECTION_FIELDS = Connection.__slots__
+_DEVICE_FIELDS = Device.__slots__
+_connection_values = operator.attrgetter(*_CONNECTION_FIELDS)
+_device_values = operator.attrgetter(*_DEVICE_FIELDS)
+
+
+def table_to_wire(table: ConnectionTable) -> tuple[list, list]:
+    """A ConnectionTable as (connections, devices): lists of (key, *field values) in __slots__ order."""
+    return (
+        [(key, *_connection_values(record)) for key, record in table.connections.items()],
+        [(key, *_device_values(record)) for key, record in table.devices.items()],
+    )
+
+
+def table_from_wire(wire: tuple[list, list]) -> ConnectionTable:
+    """The inverse of :func:`table_to_wire`."""
+    table = ConnectionTable()
+    connections, devices = wire
+    for key, *values in connections:
+        record = table.connections[key] = Connection()
+        for name, value in zip(_CONNECTION_FIELDS, values):
+            setattr(record, name, value)
+    for key, *values in devices:
+        record = table.devices[key] = Device()
+        for name, value in zip(_DEVICE_FIELDS, values):
+            setattr(record, name, value)
+    return table
+
+
+# --- worker processes -------------------------------------------------------------------------------
+class InterfaceReader(threading.Thread):
+    """Reads one interface's ring in a worker and feeds the worker's engine; reopens after a failure."""
+
+    def __init__(self, name: str, group: int, settings: Settings, engine: Engine, engine_lock, stop) -> None:
+        super().__init__(name=f"capture-{name}", daemon=True)
+        self.interface, self.group, self.settings = name, group, settings
+        self.engine, self.engine_lock, self.stop = engine, engine_lock, stop
+        self.capture: Capture | None = None
+        self.problem: str | None = None
+        self._carried = {"packets": 0, "drops": 0}  # counts of captures closed after a failure
+        self._capture_lock = threading.Lock()  # stats() from the reporting thread vs close() here
+        self._internal_errors = 0
+
+    def open(self) -> None:
+        capture = Capture(
+            self.interface,
+            bpf=self.settings.bpf,
+            fanout_group=self.group,
+            block_size=BLOCK_SIZE,
+            block_count=self.settings.ring_mb,
+        )
+        with self._capture_lock:
+            self.capture = capture
+        self.problem = None
+
+    def run(self) -> None:
+        while True:
+            try:
+                if self.capture is None:
+                    self.open()
+                    log.info("capturing on %s again", self.interface)
+                for batch in self.capture.batches(self.stop):
+                    self._process(batch)
+                return  # stopped, and the ring is drained
+            except CaptureUnavailable as error:
+                self.problem = f"{error}; retrying every {REOPEN_SECONDS:g} s"
+                log.warning("%s", self.problem)
+            except Exception as error:  # noqa: BLE001 — an unforeseen socket error: log it, reopen
+                self.problem = f"capture on {self.interface} failed: {error}; retrying every {REOPEN_SECONDS:g} s"
+                log.error("capture on %s failed:\n%s", self.interface, traceback.format_exc())
+            self._close()
+            if self.stop.wait(REOPEN_SECONDS):
+                return
+
+    def _process(self, batch) -> None:
+        with self.engine_lock:
+            try:
+                self.engine.process_batch(batch)
+            except Exception:  # noqa: BLE001 — one bad batch must not end the capture
+                errors = self.engine.errors
+                errors["internal"] = errors.get("internal", 0) + 1
+                self._internal_errors += 1
+                if self._internal_errors == 1:
+                    log.error("decoding a batch from %s failed:\n%s", self.interface, traceback.format_exc())
+
+    def stats(self) -> dict:
+        with self._capture_lock:
+            counts = self.capture.stats() if self.capture is not None else {}
+        return {key: self._carried[key] + counts.get(key, 0) for key in self._carried}
+
+    def _close(self) -> None:
+        with self._capture_lock:
+            if self.capture is not None:
+                try:
+                    counts = self.capture.stats()
+                except OSError:  # the socket broke with the interface: its last counts are gone
+                    counts = {}
+                for key in self._carried:
+                    self._carried[key] += counts.get(key, 0)
+                self.capture.close()
+                self.capture = None
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGKILL when the parent goes (the thread that spawned us: the main thread)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(1)
+
+
+def worker_main(index: int, settings: Settings, groups: list[int], reports, stop, parent: int) -> None:
+    """One capture worker: a ring per interface in one fanout group per interface, one Engine.
+
+    Sends ("ready", index), then ("report", index, wire delta or None, counters) every report interval
+    and once more after the rings are drained, then ("done", index). ("fatal", index, text) if a ring
+    cannot be opened at start.
+    """
+    _die_with_parent(parent)
+    for number in _STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    logging.basicConfig(level=logging.INFO, format=f"otsensor worker {index}: %(message)s", stream=sys.stderr)
+    engine, engine_lock = Engine(), threading.Lock()
+    readers = [InterfaceReader(name, group, settings, engine, engine_lock, stop)
+               for name, group in zip(settings.interfaces, groups)]  # fmt: skip
+    try:
+        for reader in readers:
+            reader.open()
+    except (CaptureUnavailable, OSError, ValueError) as error:
+        for reader in readers:
+            reader._close()
+        reports.put(("fatal", index, str(error)))
+        return
+    reports.put(("ready", index, os.getpid()))
+    for reader in readers:
+        reader.start()
+
+    def report() -> None:
+        with engine_lock:
+            delta = engine.take_delta()
+            counters = {"packets": engine.packets, "bytes": engine.bytes, "errors": dict(engine.errors)}
+        counters["interfaces"] = {reader.interface: reader.stats() for reader in readers}
+        counters["problems"] = [reader.problem for reader in readers if reader.problem]
+        wire = table_to_wire(delta) if delta.connections or delta.devices else None
+        reports.put(("report", index, wire, counters))
+
+    interval = min(REPORT_SECONDS, settings.flush_interval / 2)
+    while not stop.wait(interval):
+        report()
+    for reader in readers:
+        reader.join()  # each drains its ring: batches() returns once the last block is read
+    report()
+    for reader in readers:
+        reader._close()
+    reports.put(("done", index))
+    reports.close()
+    reports.join_thread()  # everything is in the pipe before the process ends
+
+
+# --- the main process -------------------------------------------------------------------------------
+class Worker:
+    """The main process's view of one worker: its process and its latest cumulative counters."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process = None
+        self.counters: dict = {}
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.fatal: str | None = None
+        self.last_report = time.monotonic()
+        self.restarts = 0
+        self.base: dict = {}  # counters of this slot's earlier (crashed) processes, carried on
+
+
+class Daemon:
+    def __init__(self, settings: Settings, store) -> None:
+        self.settings, self.store = settings, store
+        self.ctx = multiprocessing.get_context("spawn")
+        self.reports = self.ctx.Queue()
+        self.stop_workers = self.ctx.Event()
+        self.stopping = threading.Event()
+        base = os.getpid() & 0xFFFF  # a group id per interface; another daemon's pid gives other ids
+        self.groups = [(base + i) & 0xFFFF for i in range(len(settings.interfaces))]
+        self.workers = [Worker(i) for i in range(settings.workers)]
+        self.pending = ConnectionTable()  # deltas received, not yet in the DB
+        self.pending_lock = threading.Lock()
+        self.flush_lock = threading.Lock()
+        self.generation = 0  # bumped around every write: the API's ETags follow it
+        self.flushes = {"count": 0, "seconds_total": 0.0, "last_seconds": None, "last_ms": None}
+        self.flush_problem: str | None = None
+        self.retention_problem: str | None = None
+        self._last_drops = 0  # kernel drops at the last statistics job
+        self.scheduler = None
+        self.server = None
+        self.server_thread = None
+        self.collector = None
+
+    # -- workers ---------------------------------------------------------------------------------
+    def start_worker(self, worker: Worker) -> None:
+        """Spawn ``worker``'s process; only ever from the main thread (PR_SET_PDEATHSIG follows the thread)."""
+        worker.ready.clear()
+        worker.done.clear()
+        worker.fatal = None
+        worker.process = self.ctx.Process(
+            target=worker_main,
+            args=(worker.index, self.settings, self.groups, self.reports, self.stop_workers, os.getpid()),
+            name=f"otsensor-worker-{worker.index}",
+            daemon=False,
+        )
+        # Blocked signals survive fork and exec: the child cannot be interrupted before it ignores them.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            worker.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        worker.last_report = time.monotonic()
+
+    def start_workers(self) -> str | None:
+        """Start every worker and wait until each captures; the first worker's error text, if any."""
+        for worker in self.workers:
+            self.start_worker(worker)
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        while not all(w.ready.is_set() or w.fatal for w in self.workers):
+            if self.stopping.is_set():
+                return "stopped while starting"
+            if time.monotonic() > deadline:
+                return f"capture workers did not start within {WORKER_START_SECONDS:g} s"
+            dead = [w for w in self.workers if not w.ready.is_set() and not w.process.is_alive()]
+            if dead and not any(w.fatal for w in dead):
+                time.sleep(0.2)  # its last message may still be on the way
+                if not dead[0].fatal:
+                    return f"capture worker {dead[0].index} exited with status {dead[0].process.exitcode}"
+            time.sleep(0.05)
+        return next((w.fatal for w in self.workers if w.fatal), None)
+
+    def collect(self) -> None:
+        """The collector thread: every message from the workers, until the None put after their end."""
+        while True:
+            message = self.reports.get()
+            if message is None:
+                return
+            try:
+                self.handle(message)
+            except Exception:  # noqa: BLE001 — a bad message must not stop the collection
+                log.error("a worker message could not be handled:\n%s", traceback.format_exc())
+
+    def handle(self, message: tuple) -> None:
+        kind, index = message[0], message[1]
+        worker = self.workers[index]
+        if kind == "report":
+            _kind, _index, wire, counters = message
+            if wire is not None:
+                delta = table_from_wire(wire)
+                with self.pending_lock:
+                    self.pending.merge(delta)
+            worker.counters = counters
+            worker.last_report = time.monotonic()
+        elif kind == "ready":
+            worker.ready.set()
+        elif kind == "fatal":
+            worker.fatal = message[2]
+        elif kind == "done":
+            worker.done.set()
+
+    def supervise(self) -> None:
+        """Main thread, every second: a worker that died is started again, with backoff."""
+        for worker in self.workers:
+            if worker.process is None or worker.process.is_alive() or self.stopping.is_set():
+                continue
+            wait = min(60.0, 2.0**worker.restarts)
+            if time.monotonic() - worker.last_report < wait:
+                continue
+            log.warning(
+                "capture worker %d exited with status %s; starting it again", worker.index, worker.process.exitcode
+            )
+            worker.base = _add_counters(worker.base, {k: v for k, v in worker.counters.items() if k != "problems"})
+            worker.counters = {}
+            worker.restarts += 1
+            self.start_worker(worker)
+
+    def stop_all_workers(self) -> bool:
+        """Workers drain their rings and send their last deltas; True if every one finished so."""
+        self.stop_workers.set()
+        deadline = time.monotonic() + WORKER_STOP_SECONDS
+        clean = True
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            worker.process.join(max(0.1, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                log.error("capture worker %d did not stop in time; its last delta is lost", worker.index)
+                worker.process.kill()
+                worker.process.join()
+                clean = False
+            elif worker.ready.is_set() and not worker.done.is_set():
+                # "done" is the last thing a worker puts; the collector may still be reading it
+                if not worker.done.wait(5.0):
+                    log.error("capture worker %d ended without its last delta", worker.index)
+                    clean = False
+        return clean
+
+    # -- scheduled jobs --------------------------------------------------------------------------
+    def flush(self) -> bool:
+        """Write the pending deltas in one transaction. On failure they stay pending for the next try."""
+        with self.flush_lock:
+            with self.pending_lock:
+                delta, self.pending = self.pending, ConnectionTable()
+            started = time.perf_counter()
+            if delta.connections or delta.devices:
+                try:
+                    self.generation += 1  # before and after: a reader mid-write never keeps a stale tag
+                    self.store.merge(delta)
+                except Exception as error:  # noqa: BLE001 — disk full, I/O error: keep the data, say so
+                    with self.pending_lock:
+                        delta.merge(self.pending)  # the join again: nothing counted twice, nothing lost
+                        self.pending = delta
+                    self.flush_problem = f"flush to {self.store.path} failed: {error}"[:300]
+                    log.error("%s; %d connections kept in memory for the next try", self.flush_problem, len(delta))
+                    return False
+                finally:
+                    self.generation += 1
+            seconds = time.perf_counter() - started
+            self.flushes["count"] += 1
+            self.flushes["seconds_total"] += seconds
+            self.flushes["last_seconds"] = seconds
+            self.flushes["last_ms"] = time.time_ns() // 1_000_000
+            if self.flush_problem:
+                log.info("flush to %s works again", self.store.path)
+            self.flush_problem = None
+            return True
+
+    def statistics(self) -> None:
+        """Statistics job: a log line when the kernel dropped packets; workers that stopped reporting."""
+        snapshot = self.snapshot()
+        drops = snapshot["kernel_drops"]
+        if drops > self._last_drops:
+            log.warning("the kernel dropped %d packets in the last %g s (%d in all)", drops - self._last_drops,
+                        STATS_SECONDS, drops)  # fmt: skip
+        self._last_drops = drops
+        for problem in snapshot["problems"]:
+            log.warning("%s", problem)
+
+    def retention(self) -> None:
+        """Retention job: forget connections whose last packet is older than retention_days.
+
+        Devices stay: their ids are stable for the life of the DB, and one that talks again keeps its id.
+        """
+        cutoff = time.time_ns() // 1_000_000 - int(self.settings.retention_days * DAY_MS)
+        store = self.store
+        try:
+            with store._lock:  # the store's writer lock: never inside a flush
+                self.generation += 1
+                try:
+                    with store.transaction() as db:
+                        removed = db.execute("DELETE FROM connections WHERE last_seen < ?", [cutoff]).fetchone()[0]
+                finally:
+                    self.generation += 1
+        except Exception as error:  # noqa: BLE001
+            self.retention_problem = f"retention failed: {error}"[:300]
+            log.error("%s", self.retention_problem)
+            return
+        self.retention_problem = None
+        if removed:
+            log.info("retention: forgot %d connections not seen for %g days", removed, self.settings.retention_days)
+
+    # -- statistics for /healthz and /metrics ----------------------------------------------------
+    def snapshot(self) -> dict:
+        """The API's ``stats``: contract section 3's /healthz and /metrics figures, live."""
+        totals: dict = {}
+        for worker in self.workers:
+            totals = _add_counters(totals, _add_counters(worker.base, worker.counters))
+        interfaces = [
+            {"name": name, **totals.get("interfaces", {}).get(name, {"packets": 0, "drops": 0})}
+            for name in self.settings.interfaces
+        ]
+        problems = []
+        for worker in self.workers:
+            if worker.process is not None and not worker.process.is_alive() and not self.stopping.is_set():
+                problems.append(f"capture worker {worker.index} is not running (restarting)")
+            elif time.monotonic() - worker.last_report > STALE_SECONDS:
+                problems.append(f"capture worker {worker.index} has not reported for {STALE_SECONDS:g} s")
+            problems += worker.counters.get("problems", [])
+        problems += [p for p in (self.flush_problem, self.retention_problem) if p]
+        with self.pending_lock:
+            pending = len(self.pending)
+        return {
+            "mode": "live",
+            "interfaces": interfaces,
+            "packets": totals.get("packets", 0),
+            "bytes": totals.get("bytes", 0),
+            "kernel_drops": sum(i["drops"] for i in interfaces),
+            "decode_errors": totals.get("errors", {}),
+            "last_flush_ms": self.flushes["last_ms"],
+            "flush_count": self.flushes["count"],
+            "flush_seconds_total": self.flushes["seconds_total"],
+            "last_flush_seconds": self.flushes["last_seconds"],
+            "pending_connections": pending,
+            "workers": len(self.workers),
+            "problems": list(dict.fromkeys(problems)),
+        }
+
+    # -- the API ---------------------------------------------------------------------------------
+    def prepare_api(self) -> None:
+        from api import create_app  # Flask is imported here, in the main process only
+        from api.server import ApiServer, parse_listen
+
+        host, port = parse_listen(self.settings.listen)
+        app = create_app(
+            self.store,
+            {
+                "rate_limit": self.settings.rate_limit,
+                "rate_window": 60.0,
+                "stats": self.snapshot,
+                "generation": lambda: self.generation,
+            },
+        )
+        self.server = ApiServer(app, host, port, self.settings.tls_cert, self.settings.tls_key,
+                                threads=self.settings.api_threads)  # fmt: skip
+        self.server.prepare()
+
+    def start_jobs(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per job run
+        scheduler = self.scheduler = BackgroundScheduler(timezone="UTC")
+        every = {"trigger": "interval", "max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        scheduler.add_job(self.flush, id="flush", seconds=self.settings.flush_interval, **every)
+        scheduler.add_job(self.statistics, id="statistics", seconds=STATS_SECONDS, **every)
+        if self.settings.retention_days > 0:
+            self.retention()  # once at start, then every hour
+            scheduler.add_job(self.retention, id="retention", seconds=RETENTION_SECONDS, **every)
+        scheduler.start()
+
+    # -- the whole life ------------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Start everything, run until SIGTERM/SIGINT, stop cleanly. The exit status."""
+        previous = {number: signal.signal(number, self._on_signal) for number in _STOP_SIGNALS}
+        try:
+            return self._serve()
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _on_signal(self, number, _frame) -> None:
+        if not self.stopping.is_set():
+            log.info("%s: draining the capture rings, flushing and stopping", signal.Signals(number).name)
+        self.stopping.set()
+
+    def _serve(self) -> int:
+        from api.server import ServeError
+
+        try:
+            self.prepare_api()
+        except ServeError as error:
+            print(f"otsensor: {error}", file=sys.stderr)
+            return 2
+        self.collector = threading.Thread(target=self.collect, name="collector", daemon=True)
+        self.collector.start()
+        problem = self.start_workers()
+        if problem is not None:
+            self.stop_all_workers()
+            self._end_collector()
+            self.server.stop()  # prepared (listening) but never served
+            if self.stopping.is_set():
+                return 0
+            print(f"otsensor: {problem}", file=sys.stderr)
+            return 2
+        self.start_jobs()
+        self.server_thread = threading.Thread(target=self._serve_api, name="api", daemon=True)
+        self.server_thread.start()
+        names = ", ".join(self.settings.interfaces)
+        log.info(
+            "capturing on %s with %d workers; API on %s; flushing to %s every %g s",
+            names, len(self.workers), self.server.url, self.store.path, self.settings.flush_interval,
+        )  # fmt: skip
+        while not self.stopping.wait(1.0):
+            self.supervise()
+        return self.shutdown()
+
+    def _serve_api(self) -> None:
+        try:
+            self.server.serve_forever()
+        except Exception:  # noqa: BLE001 — the capture goes on; /healthz cannot say it, the log does
+            log.error("the API server stopped:\n%s", traceback.format_exc())
+
+    def _end_collector(self) -> None:
+        self.reports.put(None)
+        self.collector.join(timeout=30)
+
+    def shutdown(self) -> int:
+        clean = self.stop_all_workers()
+        self._end_collector()  # every delta the workers sent is in self.pending now
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        flushed = self.flush()
+        if not flushed:
+            log.error("the last flush failed: %d connections are lost", len(self.pending))
+        if self.server is not None:
+            self.server.stop()
+            self.server.wait_stopped(10)
+        snapshot = self.snapshot()
+        log.info(
+            "stopped: %d packets, %d kernel drops, %d flushes",
+            snapshot["packets"], snapshot["kernel_drops"], snapshot["flush_count"],
+        )  # fmt: skip
+        return 0 if flushed and clean else 1
+
+
+def _add_counters(a: dict, b: dict) -> dict:
+    """Cumulative worker counters added key by key (numbers add, dicts recurse, lists join)."""
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict):
+            out[key] = _add_counters(out.get(key, {}), value)
+        elif isinstance(value, list):
+            out[key] = out.get(key, []) + value
+        else:
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def run(settings: Settings) -> int:
+    """`otsensor run`: 0 after a clean stop, 2 on unusable settings or input (one line on stderr)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="otsensor: %(message)s", stream=sys.stderr)
+    try:
+        settings.check()
+    except SettingsError as error:
+        print(f"otsensor: {error}", file=sys.stderr)
+        return 2
+    from .store import Store, StoreError  # DuckDB: the main process's alone
+
+    try:
+        if settings.prepare_interfaces:
+            for name in settings.interfaces:
+                prepare_passive_interface(name)
+    except (CaptureUnavailable, OSError) as error:
+        print(f"otsensor: cannot prepare the capture interfaces: {error}", file=sys.stderr)
+        return 2
+    try:
+        store = Store(settings.db)
+    except StoreError as error:
+        print(f"otsensor: {error}", file=sys.stderr)
+        return 2
+    try:
+        return Daemon(settings, store).serve()
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sensor.daemon`` takes the flags of `otsensor run`."""
+    parser = argparse.ArgumentParser(prog="otsensor run", description="Capture, decode, store and serve, live.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        settings = load(args.config, overrides_from_args(args))
+    except SettingsError as error:
+        print(f"otsensor: {error}", file=sys.stderr)
+        return 2
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
