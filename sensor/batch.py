@@ -150,7 +150,13 @@ class FastPath:
         owners: list = []
         for a, b in unique:
             entry = entries.get(
-                ((a >> 32).to_bytes(4, "big"), (a & 0xFFFFFFFF).to_bytes(4, "big"), b >> 24, (b >> 8) & 0xFFFF, b & 0xFF)
+                (
+                    (a >> 32).to_bytes(4, "big"),
+                    (a & 0xFFFFFFFF).to_bytes(4, "big"),
+                    b >> 24,
+                    (b >> 8) & 0xFFFF,
+                    b & 0xFF,
+                )
             )
             if entry is None or entry[0].macs != 3:
                 state.append(0)
@@ -182,6 +188,7 @@ class FastPath:
                 state.append(2)
                 next_seq.append(0)
         state_of = np.array(state, np.int64)
+        to_server_of = np.array([bool(entry and entry[1]) for entry in streams], bool)
         known = state_of > 0
         unrecognised = state_of == 1
         kind = np.maximum(state_of - 2, 0)  # analyzer index for the PDU fast path, 0 for none
@@ -208,7 +215,9 @@ class FastPath:
             for index, analyzer in enumerate(self.analyzers, start=1):
                 mine = np.flatnonzero(g_kind == index)
                 if len(mine):
-                    pdu_ok, pdu_code = analyzer.batch(batch.data, start[positions[mine]], length[positions[mine]])
+                    pdu_ok, pdu_code = analyzer.batch(
+                        batch.data, start[positions[mine]], length[positions[mine]], to_server_of[g[mine]]
+                    )
                     ok[mine] &= pdu_ok
                     codes[mine] = pdu_code
             lengths = length[positions]

@@ -38,7 +38,8 @@ class Analyzer:
     udp_ports: frozenset[int] = field(default_factory=frozenset)
     any_tcp_port: bool = False  # probed on every TCP flow (HTTP)
     datagram: bool = False  # UDP: every datagram is parsed on its own
-    # Optional vectorised framing for the batch fast path: ``batch(data, starts, lengths)`` returns
+    # Optional vectorised framing for the batch fast path: ``batch(data, starts, lengths, to_server)``
+    # returns
     # (ok, code) arrays — ok where a segment holds exactly one PDU that parse would name from a table
     # alone (no identity to read) — and ``command(code)`` the (protocol, command) pair or None.
     batch: Callable | None = None

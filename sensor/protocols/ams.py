@@ -107,8 +107,8 @@ def parse_udp(buf: bytes, to_server: bool):
     return len(buf), [command], identity
 
 
-def batch(data, starts: np.ndarray, lengths: np.ndarray):
-    """Segments holding exactly one AMS/TCP packet; Read Device Info (identity) excluded."""
+def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
+    """Segments holding exactly one AMS/TCP packet; Read Device Info replies (identity) left to parse."""
     buf = np.frombuffer(data, dtype=np.uint8)
     last = len(buf) - 1
 
@@ -117,8 +117,9 @@ def batch(data, starts: np.ndarray, lengths: np.ndarray):
 
     length = byte(2) | byte(3) << 8 | byte(4) << 16 | byte(5) << 24
     command_id = byte(22) | byte(23) << 8
+    response = (byte(24) & STATE_RESPONSE) != 0
     ok = (lengths >= 6 + AMS_HEADER_SIZE) & (byte(0) == 0) & (byte(1) == 0) & (length + 6 == lengths)
-    ok &= (length <= MAX_AMS_LENGTH) & (command_id != 1)
+    ok &= (length <= MAX_AMS_LENGTH) & ~((command_id == 1) & response)
     return ok, command_id
 
 

@@ -23,9 +23,7 @@ STATUS_LINE = re.compile(rb"HTTP/\d\.\d +\d{3}")
 NEXT_REQUEST = re.compile(rb"\n(?=(?:" + b"|".join(sorted(METHODS)) + rb") )")
 NEXT_RESPONSE = re.compile(rb"\n(?=HTTP/\d\.\d \d{3})")
 # Only the headers the sensor uses are looked up (identity and body framing), not every header.
-HEADER = re.compile(
-    rb"^(user-agent|server|content-length|transfer-encoding)[ \t]*:[ \t]*(.*?)[ \t]*\r?$", re.M | re.I
-)
+HEADER = re.compile(rb"^(user-agent|server|content-length|transfer-encoding)[ \t]*:[ \t]*(.*?)[ \t]*\r?$", re.M | re.I)
 HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 

@@ -96,8 +96,9 @@ def parse(buf: bytes, to_server: bool):
     return pos, commands, identity
 
 
-def batch(data, starts: np.ndarray, lengths: np.ndarray):
-    """Segments holding exactly one ADU (MBAP length + 6 == segment length); 43 (identity) excluded."""
+def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
+    """Segments holding exactly one ADU (MBAP length + 6 == segment length); replies of function 43
+    (Read Device Identification: identity to read) are left to parse."""
     buf = np.frombuffer(data, dtype=np.uint8)
     last = len(buf) - 1
 
@@ -107,7 +108,7 @@ def batch(data, starts: np.ndarray, lengths: np.ndarray):
     length = byte(4) << 8 | byte(5)
     function = byte(7)
     ok = (lengths >= 8) & (byte(2) == 0) & (byte(3) == 0) & (length >= 2) & (length <= MAX_LENGTH)
-    ok &= (length + 6 == lengths) & ((function & 0x7F) != 43)
+    ok &= (length + 6 == lengths) & (to_server | ((function & 0x7F) != 43))
     return ok, function & 0x7F
 
 

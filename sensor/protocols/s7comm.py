@@ -511,7 +511,7 @@ def _text(raw: bytes) -> str:
     return text.decode("ascii")
 
 
-def batch(data, starts: np.ndarray, lengths: np.ndarray):
+def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
     """Segments holding exactly one TPKT with one complete COTP DT (LI 2, EOT) carrying a Job or
     Ack_Data S7comm PDU with a parameter part: named by its function code.  User-data (identity,
     subfunction tables), S7comm-plus and split PDUs are left to parse."""
