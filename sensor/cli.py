@@ -12,6 +12,7 @@ from api import cli as api_commands
 
 from . import serialize
 from .readers import CaptureError
+from .settings import add_arguments as add_run_arguments
 from .store import Store, StoreError
 
 DEFAULT_DB = "otsensor.duckdb"
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     devices = commands.add_parser("devices", help="print the devices JSON the API serves")
     devices.add_argument("--db", default=DEFAULT_DB)
+
+    run = commands.add_parser("run", help="the live daemon: capture, scheduled flushes and the API")
+    add_run_arguments(run)
 
     api_commands.add_commands(commands)  # serve, demo, token (Flask is imported only when they run)
     return parser
@@ -87,7 +91,24 @@ def cmd_devices(args) -> int:
     return 0
 
 
-COMMANDS = {"replay": cmd_replay, "connections": cmd_connections, "devices": cmd_devices, **api_commands.COMMANDS}
+def cmd_run(args) -> int:
+    from .daemon import run
+    from .settings import SettingsError, load, overrides_from_args
+
+    try:
+        settings = load(args.config, overrides_from_args(args))
+    except SettingsError as error:
+        raise UsageError(str(error)) from None
+    return run(settings)
+
+
+COMMANDS = {
+    "replay": cmd_replay,
+    "connections": cmd_connections,
+    "devices": cmd_devices,
+    "run": cmd_run,
+    **api_commands.COMMANDS,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
