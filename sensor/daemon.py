@@ -6,8 +6,8 @@ clean stop; never decodes a packet in the main process, never sends on a capture
     worker 0 ─┐  AF_PACKET + TPACKET_V3 ring per interface, one PACKET_FANOUT_HASH group per interface,
     worker 1 ─┤  an Engine each; every REPORT_SECONDS: engine.take_delta() + counters ─┐
        …      │                                                                       ▼
-              └──────────────── multiprocessing queue ─────────────► main: pending ConnectionTable
-                                                                     (the semilattice join of deltas)
+              └──────────── a pipe per worker ─────────────► main: pending ConnectionTable
+                                                            (the semilattice join of deltas)
     main: APScheduler jobs — flush (Store.merge every flush_interval), statistics, retention —
           and the API (cheroot) in a thread, over the same Store.
 
@@ -16,6 +16,10 @@ listening socket and scheduler threads, none of which a child must inherit, and 
 capture and engine (never Flask nor DuckDB). A worker ignores SIGINT/SIGTERM (the main process decides
 when to stop, so a terminal's Ctrl-C or systemd's stop reaches it once, through the main process) and
 dies with its parent (PR_SET_PDEATHSIG), so a SIGKILLed daemon leaves no capture behind.
+
+Each worker has two pipes of its own — stop (main → worker) and reports (worker → main) — and shares
+no lock with any other process: a multiprocessing Queue or Event would, and a worker killed while
+holding one (OOM killer, kill -9) would hang every other worker's reports or the main process's stop.
 
 What a SIGKILL can lose: the deltas not yet flushed — at most one flush interval plus one report
 interval of traffic. The DB is never corrupt (each flush is one DuckDB transaction) and device ids live
@@ -28,6 +32,7 @@ import argparse
 import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
 import operator
 import os
 import signal
@@ -172,18 +177,30 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def worker_main(index: int, settings: Settings, groups: list[int], reports, stop, parent: int) -> None:
+def _stop_when_told(stop_pipe, stop: threading.Event) -> None:
+    """A worker's watcher thread: the main process's "stop", or the end of the pipe (the main process is
+    gone), sets ``stop``."""
+    try:
+        stop_pipe.recv()
+    except (EOFError, OSError):
+        pass
+    stop.set()
+
+
+def worker_main(index: int, settings: Settings, groups: list[int], reports, stop_pipe, parent: int) -> None:
     """One capture worker: a ring per interface in one fanout group per interface, one Engine.
 
-    Sends ("ready", index), then ("report", index, wire delta or None, counters) every report interval
-    and once more after the rings are drained, then ("done", index). ("fatal", index, text) if a ring
-    cannot be opened at start.
+    Sends on ``reports``: ("ready", index), then ("report", index, wire delta or None, counters) every
+    report interval and once more after the rings are drained, then ("done", index); or ("fatal", index,
+    text) if a ring cannot be opened at start. Stops when anything arrives on ``stop_pipe`` or it ends.
     """
     _die_with_parent(parent)
     for number in _STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     logging.basicConfig(level=logging.INFO, format=f"otsensor worker {index}: %(message)s", stream=sys.stderr)
+    stop = threading.Event()
+    threading.Thread(target=_stop_when_told, args=(stop_pipe, stop), name="stop-watcher", daemon=True).start()
     engine, engine_lock = Engine(), threading.Lock()
     readers = [InterfaceReader(name, group, settings, engine, engine_lock, stop)
                for name, group in zip(settings.interfaces, groups)]  # fmt: skip
@@ -193,9 +210,9 @@ def worker_main(index: int, settings: Settings, groups: list[int], reports, stop
     except (CaptureUnavailable, OSError, ValueError) as error:
         for reader in readers:
             reader._close()
-        reports.put(("fatal", index, str(error)))
+        reports.send(("fatal", index, str(error)))
         return
-    reports.put(("ready", index, os.getpid()))
+    reports.send(("ready", index, os.getpid()))
     for reader in readers:
         reader.start()
 
@@ -206,7 +223,7 @@ def worker_main(index: int, settings: Settings, groups: list[int], reports, stop
         counters["interfaces"] = {reader.interface: reader.stats() for reader in readers}
         counters["problems"] = [reader.problem for reader in readers if reader.problem]
         wire = table_to_wire(delta) if delta.connections or delta.devices else None
-        reports.put(("report", index, wire, counters))
+        reports.send(("report", index, wire, counters))
 
     interval = min(REPORT_SECONDS, settings.flush_interval / 2)
     while not stop.wait(interval):
@@ -216,9 +233,8 @@ def worker_main(index: int, settings: Settings, groups: list[int], reports, stop
     report()
     for reader in readers:
         reader._close()
-    reports.put(("done", index))
+    reports.send(("done", index))
     reports.close()
-    reports.join_thread()  # everything is in the pipe before the process ends
 
 
 # --- the main process -------------------------------------------------------------------------------
@@ -229,6 +245,8 @@ class Worker:
         self.index = index
         self.process = None
         self.counters: dict = {}
+        self.stop_pipe = None  # main's ends of this worker's pipes
+        self.reports = None
         self.ready = threading.Event()
         self.done = threading.Event()
         self.fatal: str | None = None
@@ -241,9 +259,9 @@ class Daemon:
     def __init__(self, settings: Settings, store) -> None:
         self.settings, self.store = settings, store
         self.ctx = multiprocessing.get_context("spawn")
-        self.reports = self.ctx.Queue()
-        self.stop_workers = self.ctx.Event()
         self.stopping = threading.Event()
+        self.collecting = True  # the collector ends when this is False and every report pipe has ended
+        self.readers_changed = threading.Lock()
         base = os.getpid() & 0xFFFF  # a group id per interface; another daemon's pid gives other ids
         self.groups = [(base + i) & 0xFFFF for i in range(len(settings.interfaces))]
         self.workers = [Worker(i) for i in range(settings.workers)]
@@ -266,9 +284,13 @@ class Daemon:
         worker.ready.clear()
         worker.done.clear()
         worker.fatal = None
+        if worker.stop_pipe is not None:  # an earlier process's
+            worker.stop_pipe.close()
+        stop_theirs, stop_ours = self.ctx.Pipe(duplex=False)
+        reports_ours, reports_theirs = self.ctx.Pipe(duplex=False)
         worker.process = self.ctx.Process(
             target=worker_main,
-            args=(worker.index, self.settings, self.groups, self.reports, self.stop_workers, os.getpid()),
+            args=(worker.index, self.settings, self.groups, reports_theirs, stop_theirs, os.getpid()),
             name=f"otsensor-worker-{worker.index}",
             daemon=False,
         )
@@ -278,6 +300,11 @@ class Daemon:
             worker.process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        # Only the worker holds its ends now: its reports pipe ends when the worker does.
+        stop_theirs.close()
+        reports_theirs.close()
+        with self.readers_changed:
+            worker.stop_pipe, worker.reports = stop_ours, reports_ours
         worker.last_report = time.monotonic()
 
     def start_workers(self) -> str | None:
@@ -299,15 +326,27 @@ class Daemon:
         return next((w.fatal for w in self.workers if w.fatal), None)
 
     def collect(self) -> None:
-        """The collector thread: every message from the workers, until the None put after their end."""
+        """The collector thread: every message of every worker, until told to end and every pipe has ended."""
+        open_pipes: dict = {}  # report pipe -> worker
         while True:
-            message = self.reports.get()
-            if message is None:
+            with self.readers_changed:
+                for worker in self.workers:
+                    if worker.reports is not None:
+                        open_pipes[worker.reports] = worker
+                        worker.reports = None
+            if not open_pipes and not self.collecting:
                 return
-            try:
-                self.handle(message)
-            except Exception:  # noqa: BLE001 — a bad message must not stop the collection
-                log.error("a worker message could not be handled:\n%s", traceback.format_exc())
+            for pipe in multiprocessing.connection.wait(list(open_pipes), timeout=0.2):
+                try:
+                    message = pipe.recv()
+                except (EOFError, OSError):  # the worker has ended (and everything it sent was read)
+                    pipe.close()
+                    del open_pipes[pipe]
+                    continue
+                try:
+                    self.handle(message)
+                except Exception:  # noqa: BLE001 — a bad message must not stop the collection
+                    log.error("a worker message could not be handled:\n%s", traceback.format_exc())
 
     def handle(self, message: tuple) -> None:
         kind, index = message[0], message[1]
@@ -345,7 +384,12 @@ class Daemon:
 
     def stop_all_workers(self) -> bool:
         """Workers drain their rings and send their last deltas; True if every one finished so."""
-        self.stop_workers.set()
+        for worker in self.workers:
+            if worker.stop_pipe is not None:
+                try:
+                    worker.stop_pipe.send("stop")
+                except OSError:  # that worker has already ended
+                    pass
         deadline = time.monotonic() + WORKER_STOP_SECONDS
         clean = True
         for worker in self.workers:
@@ -549,7 +593,7 @@ class Daemon:
             log.error("the API server stopped:\n%s", traceback.format_exc())
 
     def _end_collector(self) -> None:
-        self.reports.put(None)
+        self.collecting = False  # the workers have ended: their pipes end once read to the end
         self.collector.join(timeout=30)
 
     def shutdown(self) -> int:

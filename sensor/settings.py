@@ -183,6 +183,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"API requests per token per minute, 0 off (default {default.rate_limit})",
     )
     add(
+        "--api-threads", type=_count, metavar="N", help=f"API requests answered at once (default {default.api_threads})"
+    )
+    add(
         "--prepare-interfaces",
         action="store_true",
         default=None,
