@@ -56,8 +56,17 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import mix  # noqa: E402  (bench/mix.py)
 
-TSHARK_FIELDS = ("frame.number", "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport", "mbtcp.trans_id",
-                 "s7comm.param.func", "ams.cmdid", "http.request.method")
+TSHARK_FIELDS = (
+    "frame.number",
+    "ip.src",
+    "ip.dst",
+    "tcp.srcport",
+    "tcp.dstport",
+    "mbtcp.trans_id",
+    "s7comm.param.func",
+    "ams.cmdid",
+    "http.request.method",
+)
 
 SCAPY_SNIPPET = r"""
 import json, sys, time
@@ -113,6 +122,7 @@ print(json.dumps({"packets": n, "seconds": t2 - t1, "cpuSeconds": time.process_t
 # helpers
 # --------------------------------------------------------------------------
 
+
 def log(msg: str) -> None:
     print("[ingest] " + msg, file=sys.stderr, flush=True)
 
@@ -128,19 +138,43 @@ def ensure_mix(packets: int, seed: int, connections: int) -> dict:
     path = cache_dir() / ("mix-v%d-%dp-%dc-s%d.pcap" % (mix.MIX_VERSION, packets, connections, seed))
     if path.exists() and path.stat().st_size > 24:
         log("reusing %s" % path)
-        return {"path": str(path), "packets": packets, "bytes": path.stat().st_size,
-                "generatedSeconds": None, "reused": True}
+        return {
+            "path": str(path),
+            "packets": packets,
+            "bytes": path.stat().st_size,
+            "generatedSeconds": None,
+            "reused": True,
+        }
     log("generating %s (%d packets, %d connections, seed %d) ..." % (path, packets, connections, seed))
     # in a child process, so that this process stays small (see run_measured on ru_maxrss)
-    p = subprocess.run([sys.executable, str(HERE / "mix.py"), str(path), "--packets", str(packets),
-                        "--seed", str(seed), "--connections", str(connections)],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "mix.py"),
+            str(path),
+            "--packets",
+            str(packets),
+            "--seed",
+            str(seed),
+            "--connections",
+            str(connections),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if p.returncode != 0:
         raise SystemExit("ingest: generating the mix failed:\n%s" % p.stderr[-3000:])
     s = json.loads(p.stdout)
     log("generated in %.1f s" % s["seconds"])
-    return {"path": str(path), "packets": s["packets"], "bytes": s["fileBytes"],
-            "generatedSeconds": s["seconds"], "reused": False, "summary": s}
+    return {
+        "path": str(path),
+        "packets": s["packets"],
+        "bytes": s["fileBytes"],
+        "generatedSeconds": s["seconds"],
+        "reused": False,
+        "summary": s,
+    }
 
 
 def count_packets(path: str) -> int | None:
@@ -148,8 +182,12 @@ def count_packets(path: str) -> int | None:
     try:
         with open(path, "rb") as fh:
             head = fh.read(24)
-            if len(head) == 24 and head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1",
-                                                 b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+            if len(head) == 24 and head[:4] in (
+                b"\xd4\xc3\xb2\xa1",
+                b"\x4d\x3c\xb2\xa1",
+                b"\xa1\xb2\xc3\xd4",
+                b"\xa1\xb2\x3c\x4d",
+            ):
                 le = head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
                 fmt = struct.Struct("<I" if le else ">I")
                 n = 0
@@ -199,7 +237,7 @@ def _children() -> dict[int, list[int]]:
         try:
             with open("/proc/%s/stat" % d, "rb") as fh:
                 data = fh.read()
-            ppid = int(data[data.rindex(b")") + 2:].split()[1])
+            ppid = int(data[data.rindex(b")") + 2 :].split()[1])
         except (OSError, ValueError, IndexError):
             continue
         kids.setdefault(ppid, []).append(int(d))
@@ -243,8 +281,9 @@ def _gnu_time_ok() -> bool:
 USE_GNU_TIME = _gnu_time_ok()
 
 
-def run_measured(cmd: list[str], *, cwd: str | None = None, stdout_path: str | None = None,
-                 timeout: float | None = None) -> dict:
+def run_measured(
+    cmd: list[str], *, cwd: str | None = None, stdout_path: str | None = None, timeout: float | None = None
+) -> dict:
     """Run cmd, measuring wall time, CPU time and peak RSS of its whole process tree.
 
     Peak RSS of the largest process comes from GNU time's %M when /usr/bin/time
@@ -261,11 +300,18 @@ def run_measured(cmd: list[str], *, cwd: str | None = None, stdout_path: str | N
         wrapped = [GNU_TIME, "-f", "%M", "-o", time_file] + wrapped
     try:
         try:
-            proc = subprocess.Popen(wrapped, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                wrapped, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            )
         except OSError as e:
-            return {"ok": False, "rc": None, "error": "cannot start: %s" % e, "stderrTail": "",
-                    "stdout": "", "command": cmd}
+            return {
+                "ok": False,
+                "rc": None,
+                "error": "cannot start: %s" % e,
+                "stderrTail": "",
+                "stdout": "",
+                "command": cmd,
+            }
         t0 = time.perf_counter()
         done: dict = {}
 
@@ -306,8 +352,7 @@ def run_measured(cmd: list[str], *, cwd: str | None = None, stdout_path: str | N
         if not stdout_path:
             out.seek(0)
             stdout = out.read().decode("utf-8", "replace")
-        tail = "\n".join(ln for ln in stderr.splitlines()
-                         if 'Running as user "root"' not in ln)[-3000:]
+        tail = "\n".join(ln for ln in stderr.splitlines() if 'Running as user "root"' not in ln)[-3000:]
         maxrss_kb = ru.ru_maxrss
         rss_source = "wait4"
         if time_file:
@@ -324,9 +369,9 @@ def run_measured(cmd: list[str], *, cwd: str | None = None, stdout_path: str | N
             "timedOut": timed_out,
             "wallSeconds": round(wall, 3),
             "cpuSeconds": round(ru.ru_utime + ru.ru_stime, 3),
-            "maxRssMB": round(maxrss_kb / 1024, 1),             # largest single process
+            "maxRssMB": round(maxrss_kb / 1024, 1),  # largest single process
             "maxRssSource": rss_source,
-            "treePeakRssMB": round(tree_peak / 1024, 1),         # sampled sum over the tree
+            "treePeakRssMB": round(tree_peak / 1024, 1),  # sampled sum over the tree
             "stdout": stdout,
             "stderrTail": tail,
             "command": cmd,
@@ -367,8 +412,9 @@ def otsensor_cmd() -> tuple[list[str], str | None]:
     return [sys.executable, "-m", "sensor"], str(REPO)
 
 
-def bench_otsensor(path: str, packets: int | None, workdir: str, tag: str, timeout,
-                   frame_bytes: int | None = None) -> dict:
+def bench_otsensor(
+    path: str, packets: int | None, workdir: str, tag: str, timeout, frame_bytes: int | None = None
+) -> dict:
     base, cwd = otsensor_cmd()
     db = os.path.join(workdir, "otsensor-%s.duckdb" % tag)
     cmd = base + ["replay", path, "--db", db, "--json"]
@@ -437,8 +483,7 @@ def bench_tshark(path: str, packets: int | None, timeout) -> dict:
 
 def bench_snippet(name: str, snippet: str, path: str, limit: int, timeout) -> dict:
     cmd = [sys.executable, "-c", snippet, path, str(limit)]
-    log("%s: PcapReader + dissect, first %d packets" % (name, limit) if name == "scapy"
-        else "%s: whole file" % name)
+    log("%s: PcapReader + dissect, first %d packets" % (name, limit) if name == "scapy" else "%s: whole file" % name)
     r = run_measured(cmd, timeout=timeout)
     out = r.pop("stdout", "")
     res = None
@@ -464,6 +509,7 @@ def bench_snippet(name: str, snippet: str, path: str, limit: int, timeout) -> di
 # --------------------------------------------------------------------------
 # reporting
 # --------------------------------------------------------------------------
+
 
 def machine() -> dict:
     model = None
@@ -491,9 +537,15 @@ def machine() -> dict:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
-    return {"nproc": nproc, "cpuCount": os.cpu_count(), "cpuModel": model or platform.processor() or None,
-            "memGiB": mem, "loadAverage": load, "python": platform.python_version(),
-            "kernel": platform.release()}
+    return {
+        "nproc": nproc,
+        "cpuCount": os.cpu_count(),
+        "cpuModel": model or platform.processor() or None,
+        "memGiB": mem,
+        "loadAverage": load,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 def fmt_int(v) -> str:
@@ -509,20 +561,36 @@ def table(report: dict) -> str:
     lines = [
         "otsensor ingest benchmark  %s" % report["date"],
         "machine: nproc %s (cpu_count %s), %s, %s GiB RAM, load avg %s; Python %s"
-        % (m["nproc"], m["cpuCount"], m["cpuModel"], m["memGiB"],
-           " ".join(str(x) for x in (m["loadAverage"] or [])), m["python"]),
+        % (
+            m["nproc"],
+            m["cpuCount"],
+            m["cpuModel"],
+            m["memGiB"],
+            " ".join(str(x) for x in (m["loadAverage"] or [])),
+            m["python"],
+        ),
         "file:    %s  (%s packets, %.1f MB%s)"
-        % (mx["path"], fmt_int(mx["packets"]), (mx["bytes"] or 0) / 1e6,
-           "" if mx.get("connections") is None else ", %s TCP connections, seed %s" % (
-               fmt_int(mx["connections"]), mx["seed"])),
+        % (
+            mx["path"],
+            fmt_int(mx["packets"]),
+            (mx["bytes"] or 0) / 1e6,
+            ""
+            if mx.get("connections") is None
+            else ", %s TCP connections, seed %s" % (fmt_int(mx["connections"]), mx["seed"]),
+        ),
     ]
     if mx.get("generatedSeconds") is not None:
         lines.append("         generated in %.1f s" % mx["generatedSeconds"])
     lines.append("")
     hdr = ("tool", "packets", "wall s", "cpu s", "packets/s", "packets/cpu-s", "peak RSS MB", "note")
     rows = []
-    for key, label in (("otsensor", "otsensor replay"), ("tshark", "tshark -T fields"),
-                       ("scapy", "scapy PcapReader"), ("dpkt", "dpkt"), ("otsensor2x", "otsensor replay 2x")):
+    for key, label in (
+        ("otsensor", "otsensor replay"),
+        ("tshark", "tshark -T fields"),
+        ("scapy", "scapy PcapReader"),
+        ("dpkt", "dpkt"),
+        ("otsensor2x", "otsensor replay 2x"),
+    ):
         r = report["results"].get(key)
         if r is None:
             continue
@@ -535,37 +603,65 @@ def table(report: dict) -> str:
             note = "reports %s packets/s" % fmt_int(r.get("reportedPacketsPerSecond"))
         elif key == "scapy":
             note = "first %s packets; rate over the loop (import %.1f s)" % (
-                fmt_int(r.get("packets")), r.get("importSeconds") or 0)
+                fmt_int(r.get("packets")),
+                r.get("importSeconds") or 0,
+            )
         elif key == "dpkt":
             note = "rate over the loop"
         else:
             note = r.get("version") or ""
-        rows.append((label, fmt_int(r.get("packets")), fmt_f(r.get("wallSeconds")), fmt_f(r.get("cpuSeconds")),
-                     fmt_int(r.get("packetsPerSecond")), fmt_int(r.get("packetsPerCpuSecond")),
-                     fmt_f(r.get("peakRssMB"), 1), note))
+        rows.append(
+            (
+                label,
+                fmt_int(r.get("packets")),
+                fmt_f(r.get("wallSeconds")),
+                fmt_f(r.get("cpuSeconds")),
+                fmt_int(r.get("packetsPerSecond")),
+                fmt_int(r.get("packetsPerCpuSecond")),
+                fmt_f(r.get("peakRssMB"), 1),
+                note,
+            )
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
     align = ("<", ">", ">", ">", ">", ">", ">", "<")
     for row in [hdr] + rows:
-        lines.append("  ".join(("{:%s%d}" % (a, w)).format(c) if i < 7 else c
-                               for i, (c, w, a) in enumerate(zip(row, widths, align))).rstrip())
+        lines.append(
+            "  ".join(
+                ("{:%s%d}" % (a, w)).format(c) if i < 7 else c for i, (c, w, a) in enumerate(zip(row, widths, align))
+            ).rstrip()
+        )
     lines.append("")
     ra, rc = report["ratios"], report.get("ratiosCpu") or {}
 
     def x(v):
         return ("%.2fx" % v) if v else "-"
-    lines.append("otsensor / tshark: %s (per cpu-s %s)     otsensor / scapy: %s (per cpu-s %s)"
-                 % (x(ra.get("otsensorVsTshark")), x(rc.get("otsensorVsTshark")),
-                    x(ra.get("otsensorVsScapy")), x(rc.get("otsensorVsScapy"))))
+
+    lines.append(
+        "otsensor / tshark: %s (per cpu-s %s)     otsensor / scapy: %s (per cpu-s %s)"
+        % (
+            x(ra.get("otsensorVsTshark")),
+            x(rc.get("otsensorVsTshark")),
+            x(ra.get("otsensorVsScapy")),
+            x(rc.get("otsensorVsScapy")),
+        )
+    )
     mem = report.get("memory")
     if mem:
         if mem.get("skipped"):
             lines.append("memory boundedness: skipped (%s)" % mem["skipped"])
         else:
-            lines.append("memory boundedness (same %s connections): %s packets -> %s MB peak RSS; "
-                         "%s packets -> %s MB (x%s)"
-                         % (fmt_int(mem["connections"]), fmt_int(mem["packets"]), fmt_f(mem["peakRssMB"], 1),
-                            fmt_int(mem["packets2x"]), fmt_f(mem["peakRssMB2x"], 1),
-                            fmt_f(mem.get("ratio"), 2)))
+            lines.append(
+                "memory boundedness (same %s connections): %s packets -> %s MB peak RSS; "
+                "%s packets -> %s MB (x%s)"
+                % (
+                    fmt_int(mem["connections"]),
+                    fmt_int(mem["packets"]),
+                    fmt_f(mem["peakRssMB"], 1),
+                    fmt_int(mem["packets2x"]),
+                    fmt_f(mem["peakRssMB2x"], 1),
+                    fmt_f(mem.get("ratio"), 2),
+                )
+            )
     for w in report["warnings"]:
         lines.append("WARNING: " + w)
     for f in report["failures"]:
@@ -575,22 +671,29 @@ def table(report: dict) -> str:
 
 # --------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--packets", type=int, default=1_000_000, help="mix size (default 1,000,000)")
-    ap.add_argument("--file", help="benchmark this capture instead of the generated mix "
-                                   "(no memory-boundedness check)")
+    ap.add_argument("--file", help="benchmark this capture instead of the generated mix (no memory-boundedness check)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (otsensor DBs)")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--connections", type=int, default=10_000, help="TCP connections in the mix (default 10,000)")
     ap.add_argument("--scapy-packets", type=int, default=50_000)
-    ap.add_argument("--skip", action="append", default=[], choices=("otsensor", "tshark", "scapy", "dpkt", "memory"),
-                    help="leave a measurement out (repeatable)")
+    ap.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=("otsensor", "tshark", "scapy", "dpkt", "memory"),
+        help="leave a measurement out (repeatable)",
+    )
     ap.add_argument("--timeout", type=float, default=3600, help="per tool, seconds (default 3600)")
-    ap.add_argument("--otsensor", metavar="CMD",
-                    help="command to run instead of otsensor (shell-split), e.g. 'python -m sensor'")
+    ap.add_argument(
+        "--otsensor", metavar="CMD", help="command to run instead of otsensor (shell-split), e.g. 'python -m sensor'"
+    )
     a = ap.parse_args(argv)
     global OTSENSOR_OVERRIDE
     OTSENSOR_OVERRIDE = shlex.split(a.otsensor) if a.otsensor else None
@@ -614,8 +717,15 @@ def main(argv=None) -> int:
     if a.file:
         log("counting packets in %s ..." % a.file)
         n = count_packets(a.file)
-        report["mix"] = {"path": os.path.abspath(a.file), "packets": n, "bytes": os.path.getsize(a.file),
-                         "generatedSeconds": None, "reused": True, "connections": None, "seed": None}
+        report["mix"] = {
+            "path": os.path.abspath(a.file),
+            "packets": n,
+            "bytes": os.path.getsize(a.file),
+            "generatedSeconds": None,
+            "reused": True,
+            "connections": None,
+            "seed": None,
+        }
     else:
         _frames, per = mix.plan(a.packets, a.connections)
         conns = sum(per.values())
@@ -635,12 +745,14 @@ def main(argv=None) -> int:
         if "otsensor" in a.skip:
             res["otsensor"] = {"skipped": "--skip otsensor"}
         else:
-            res["otsensor"] = bench_otsensor(path, packets, workdir, "1x", a.timeout,
-                                             None if a.file else frame_bytes(path, packets))
+            res["otsensor"] = bench_otsensor(
+                path, packets, workdir, "1x", a.timeout, None if a.file else frame_bytes(path, packets)
+            )
         if mix2:
             warm(mix2["path"])
-            res["otsensor2x"] = bench_otsensor(mix2["path"], mix2["packets"], workdir, "2x", a.timeout,
-                                               frame_bytes(mix2["path"], mix2["packets"]))
+            res["otsensor2x"] = bench_otsensor(
+                mix2["path"], mix2["packets"], workdir, "2x", a.timeout, frame_bytes(mix2["path"], mix2["packets"])
+            )
         if "tshark" in a.skip:
             res["tshark"] = {"skipped": "--skip tshark"}
         else:
@@ -650,8 +762,9 @@ def main(argv=None) -> int:
         elif importlib.util.find_spec("scapy") is None:
             res["scapy"] = {"ok": False, "error": "scapy not installed", "stderrTail": ""}
         else:
-            res["scapy"] = bench_snippet("scapy", SCAPY_SNIPPET, path, min(a.scapy_packets, packets or a.scapy_packets),
-                                         a.timeout)
+            res["scapy"] = bench_snippet(
+                "scapy", SCAPY_SNIPPET, path, min(a.scapy_packets, packets or a.scapy_packets), a.timeout
+            )
         if "dpkt" not in a.skip and importlib.util.find_spec("dpkt") is not None:
             res["dpkt"] = bench_snippet("dpkt", DPKT_SNIPPET, path, 0, a.timeout)
 
@@ -659,16 +772,22 @@ def main(argv=None) -> int:
         def pps(k):
             r = res.get(k) or {}
             return r.get("packetsPerSecond") if r.get("ok") else None
+
         o, t, s = pps("otsensor"), pps("tshark"), pps("scapy")
-        report["ratios"] = {"otsensorVsTshark": round(o / t, 3) if o and t else None,
-                            "otsensorVsScapy": round(o / s, 3) if o and s else None}
+        report["ratios"] = {
+            "otsensorVsTshark": round(o / t, 3) if o and t else None,
+            "otsensorVsScapy": round(o / s, 3) if o and s else None,
+        }
 
         def ppc(k):
             r = res.get(k) or {}
             return r.get("packetsPerCpuSecond") if r.get("ok") else None
+
         o, t, s = ppc("otsensor"), ppc("tshark"), ppc("scapy")
-        report["ratiosCpu"] = {"otsensorVsTshark": round(o / t, 3) if o and t else None,
-                               "otsensorVsScapy": round(o / s, 3) if o and s else None}
+        report["ratiosCpu"] = {
+            "otsensorVsTshark": round(o / t, 3) if o and t else None,
+            "otsensorVsScapy": round(o / s, 3) if o and s else None,
+        }
         if a.file:
             report["memory"] = {"skipped": "--file given"}
         elif mix2 is None:
@@ -677,16 +796,23 @@ def main(argv=None) -> int:
             r1, r2 = res["otsensor"], res["otsensor2x"]
             p1 = r1.get("peakRssMB") if r1.get("ok") else None
             p2 = r2.get("peakRssMB") if r2.get("ok") else None
-            report["memory"] = {"connections": report["mix"]["connections"], "packets": packets,
-                                "peakRssMB": p1, "packets2x": mix2["packets"], "peakRssMB2x": p2,
-                                "ratio": round(p2 / p1, 3) if p1 and p2 else None}
+            report["memory"] = {
+                "connections": report["mix"]["connections"],
+                "packets": packets,
+                "peakRssMB": p1,
+                "packets2x": mix2["packets"],
+                "peakRssMB2x": p2,
+                "ratio": round(p2 / p1, 3) if p1 and p2 else None,
+            }
         for k, r in res.items():
             report["warnings"] += r.pop("warnings", None) or []
             if r.get("skipped") or r.get("ok"):
                 continue
             report["failures"].append("%s: %s" % (k, r.get("error")))
-            print("--- %s failed (%s); stderr tail:\n%s" % (k, r.get("error"), r.get("stderrTail") or "(empty)"),
-                  file=sys.stderr)
+            print(
+                "--- %s failed (%s); stderr tail:\n%s" % (k, r.get("error"), r.get("stderrTail") or "(empty)"),
+                file=sys.stderr,
+            )
     finally:
         if a.keep:
             report["workdir"] = workdir

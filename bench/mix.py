@@ -101,8 +101,8 @@ SHARES = (
 TCP_KINDS = ("modbus", "s7comm", "ams", "http", "tls")
 VLAN_SHARE = 0.20
 QINQ_SHARE_OF_TAGGED = 0.15
-MIN_FLOW_FRAMES = 16          # smallest TCP connection (handshake + FIN = 6)
-FRAMES_PER_FLOW_CAP = 40      # connections <= TCP frames / 40
+MIN_FLOW_FRAMES = 16  # smallest TCP connection (handshake + FIN = 6)
+FRAMES_PER_FLOW_CAP = 40  # connections <= TCP frames / 40
 START_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z
 MSS = 1460
 
@@ -145,6 +145,7 @@ def _ip_str(ip: int) -> str:
 # L2 / L3 framing
 # --------------------------------------------------------------------------
 
+
 def _tags(rng: random.Random, vid: int) -> bytes:
     """802.1Q / QinQ tag bytes (without the final ethertype) or b''."""
     r = rng.random()
@@ -159,8 +160,8 @@ def _tags(rng: random.Random, vid: int) -> bytes:
 def _dir(prefix: bytes, src_ip: int, dst_ip: int, sport: int, dport: int, ttl: int, win: int) -> tuple:
     """Everything constant about one direction of a TCP connection (a tuple, for speed)."""
     w = _ipw(src_ip) + _ipw(dst_ip)
-    ipbase = 0x4500 + 0x4000 + ((ttl << 8) | 6) + w + 40          # + payload length + ip id
-    tcpbase = w + 6 + sport + dport + 0x5000 + win + 20           # + payload length + seq/ack/flags/payload
+    ipbase = 0x4500 + 0x4000 + ((ttl << 8) | 6) + w + 40  # + payload length + ip id
+    tcpbase = w + 6 + sport + dport + 0x5000 + win + 20  # + payload length + seq/ack/flags/payload
     return (prefix, src_ip.to_bytes(4, "big"), dst_ip.to_bytes(4, "big"), sport, dport, ttl, win, ipbase, tcpbase)
 
 
@@ -169,16 +170,58 @@ def _tcp_frame(d: tuple, flags: int, seq: int, ack: int, payload: bytes, psum: i
     plen = len(payload)
     s = (ipbase + plen + ipid) % 0xFFFF
     t = (tcpbase + plen + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + flags + psum) % 0xFFFF
-    return prefix + _iptcp_pack(0x45, 0, 40 + plen, ipid, 0x4000, ttl, 6, 0xFFFF - s if s else 0, src, dst,
-                                sport, dport, seq, ack, 0x50, flags, win, 0xFFFF - t if t else 0, 0) + payload
+    return (
+        prefix
+        + _iptcp_pack(
+            0x45,
+            0,
+            40 + plen,
+            ipid,
+            0x4000,
+            ttl,
+            6,
+            0xFFFF - s if s else 0,
+            src,
+            dst,
+            sport,
+            dport,
+            seq,
+            ack,
+            0x50,
+            flags,
+            win,
+            0xFFFF - t if t else 0,
+            0,
+        )
+        + payload
+    )
 
 
-def _udp_frame(prefix: bytes, src_ip: int, dst_ip: int, ttl: int, sport: int, dport: int,
-               payload: bytes, ipid: int) -> bytes:
+def _udp_frame(
+    prefix: bytes, src_ip: int, dst_ip: int, ttl: int, sport: int, dport: int, payload: bytes, ipid: int
+) -> bytes:
     tot = 28 + len(payload)
     ipc = _csum(0x4500 + ((ttl << 8) | 17) + _ipw(src_ip) + _ipw(dst_ip) + tot + ipid)
-    return prefix + _IPUDP.pack(0x45, 0, tot, ipid, 0, ttl, 17, ipc, src_ip.to_bytes(4, "big"),
-                                dst_ip.to_bytes(4, "big"), sport, dport, 8 + len(payload), 0) + payload
+    return (
+        prefix
+        + _IPUDP.pack(
+            0x45,
+            0,
+            tot,
+            ipid,
+            0,
+            ttl,
+            17,
+            ipc,
+            src_ip.to_bytes(4, "big"),
+            dst_ip.to_bytes(4, "big"),
+            sport,
+            dport,
+            8 + len(payload),
+            0,
+        )
+        + payload
+    )
 
 
 def _tcp_flow(c2s: tuple, s2c: tuple, isn_c: int, isn_s: int, budget: int, exchanges, box):
@@ -218,18 +261,62 @@ def _tcp_flow(c2s: tuple, s2c: tuple, isn_c: int, isn_s: int, budget: int, excha
                 ipid = sid & 0xFFFF
                 s = (s_ipbase + plen + ipid) % 0xFFFF
                 t = (s_tcpbase + plen + (ss >> 16) + (ss & 0xFFFF) + (cs >> 16) + (cs & 0xFFFF) + fl + ps) % 0xFFFF
-                yield s_prefix + pack(0x45, 0, 40 + plen, ipid, 0x4000, s_ttl, 6, 0xFFFF - s if s else 0,
-                                      s_src, s_dst, s_sport, s_dport, ss, cs, 0x50, fl, s_win,
-                                      0xFFFF - t if t else 0, 0) + p
+                yield (
+                    s_prefix
+                    + pack(
+                        0x45,
+                        0,
+                        40 + plen,
+                        ipid,
+                        0x4000,
+                        s_ttl,
+                        6,
+                        0xFFFF - s if s else 0,
+                        s_src,
+                        s_dst,
+                        s_sport,
+                        s_dport,
+                        ss,
+                        cs,
+                        0x50,
+                        fl,
+                        s_win,
+                        0xFFFF - t if t else 0,
+                        0,
+                    )
+                    + p
+                )
                 sid += 1
                 ss = (ss + plen) & _M32
             else:
                 ipid = cid & 0xFFFF
                 s = (c_ipbase + plen + ipid) % 0xFFFF
                 t = (c_tcpbase + plen + (cs >> 16) + (cs & 0xFFFF) + (ss >> 16) + (ss & 0xFFFF) + fl + ps) % 0xFFFF
-                yield c_prefix + pack(0x45, 0, 40 + plen, ipid, 0x4000, c_ttl, 6, 0xFFFF - s if s else 0,
-                                      c_src, c_dst, c_sport, c_dport, cs, ss, 0x50, fl, c_win,
-                                      0xFFFF - t if t else 0, 0) + p
+                yield (
+                    c_prefix
+                    + pack(
+                        0x45,
+                        0,
+                        40 + plen,
+                        ipid,
+                        0x4000,
+                        c_ttl,
+                        6,
+                        0xFFFF - s if s else 0,
+                        c_src,
+                        c_dst,
+                        c_sport,
+                        c_dport,
+                        cs,
+                        ss,
+                        0x50,
+                        fl,
+                        c_win,
+                        0xFFFF - t if t else 0,
+                        0,
+                    )
+                    + p
+                )
                 cid += 1
                 cs = (cs + plen) & _M32
         if not left:
@@ -258,7 +345,7 @@ def _segments(data: bytes, direction: int, ack_every: int = 2):
     other = 1 - direction
     k = 0
     for i in range(0, len(data), MSS):
-        seg = data[i:i + MSS]
+        seg = data[i : i + MSS]
         out.append((direction, seg, _ps(seg)))
         k += 1
         if k % ack_every == 0:
@@ -272,6 +359,7 @@ def _segments(data: bytes, direction: int, ack_every: int = 2):
 # Modbus/TCP
 # --------------------------------------------------------------------------
 
+
 def _modbus_templates(rng: random.Random):
     """(weight, unitless request PDU, response PDU) list; MBAP added per packet."""
     t = []
@@ -283,7 +371,7 @@ def _modbus_templates(rng: random.Random):
     for _ in range(15):  # Read Input Registers
         a, q = rng.randrange(0, 10000), rng.choice((1, 2, 4, 8, 16, 24))
         t.append((struct.pack(">BHH", 4, a, q), struct.pack(">BB", 4, 2 * q) + rb(2 * q)))
-    for fc in (1, 2):    # Read Coils / Discrete Inputs
+    for fc in (1, 2):  # Read Coils / Discrete Inputs
         for _ in range(8):
             a, q = rng.randrange(0, 10000), rng.choice((1, 8, 16, 20, 64, 200))
             bc = (q + 7) // 8
@@ -291,33 +379,41 @@ def _modbus_templates(rng: random.Random):
     for _ in range(18):  # Write Single Register
         p = struct.pack(">BHH", 6, rng.randrange(0, 40000), rng.randrange(65536))
         t.append((p, p))
-    for _ in range(6):   # Write Single Coil
+    for _ in range(6):  # Write Single Coil
         p = struct.pack(">BHH", 5, rng.randrange(0, 10000), rng.choice((0xFF00, 0x0000)))
         t.append((p, p))
     for _ in range(10):  # Write Multiple Registers
         a, q = rng.randrange(0, 40000), rng.choice((1, 2, 4, 10, 20))
         t.append((struct.pack(">BHHB", 16, a, q, 2 * q) + rb(2 * q), struct.pack(">BHH", 16, a, q)))
-    for _ in range(3):   # Write Multiple Coils
+    for _ in range(3):  # Write Multiple Coils
         a, q = rng.randrange(0, 10000), rng.choice((8, 16, 40))
         bc = (q + 7) // 8
         t.append((struct.pack(">BHHB", 15, a, q, bc) + rb(bc), struct.pack(">BHH", 15, a, q)))
-    for _ in range(4):   # Read Write Register (FC 23)
+    for _ in range(4):  # Read Write Register (FC 23)
         ra, rq, wa, wq = rng.randrange(0, 40000), rng.choice((2, 8, 16)), rng.randrange(0, 40000), rng.choice((1, 2, 4))
-        t.append((struct.pack(">BHHHHB", 23, ra, rq, wa, wq, 2 * wq) + rb(2 * wq),
-                  struct.pack(">BB", 23, 2 * rq) + rb(2 * rq)))
-    for _ in range(2):   # Diagnostics, return query data
+        t.append(
+            (
+                struct.pack(">BHHHHB", 23, ra, rq, wa, wq, 2 * wq) + rb(2 * wq),
+                struct.pack(">BB", 23, 2 * rq) + rb(2 * rq),
+            )
+        )
+    for _ in range(2):  # Diagnostics, return query data
         p = struct.pack(">BHH", 8, 0, rng.randrange(65536))
         t.append((p, p))
-    for vendor, product, rev in ((b"Schneider Electric", b"BMX P34 2020", b"v3.10"),
-                                 (b"Schneider Electric", b"TM241CE40R", b"v5.1.9.12"),
-                                 (b"Wago", b"750-8212", b"03.10.08")):
+    for vendor, product, rev in (
+        (b"Schneider Electric", b"BMX P34 2020", b"v3.10"),
+        (b"Schneider Electric", b"TM241CE40R", b"v5.1.9.12"),
+        (b"Wago", b"750-8212", b"03.10.08"),
+    ):
         objs = b"".join(struct.pack(">BB", i, len(v)) + v for i, v in enumerate((vendor, product, rev)))
         t.append((b"\x2b\x0e\x01\x00", b"\x2b\x0e\x01\x01\x00\x00\x03" + objs))
-    for _ in range(5):   # exception replies (illegal data address / value)
+    for _ in range(5):  # exception replies (illegal data address / value)
         fc = rng.choice((3, 3, 6, 16))
-        req = {3: struct.pack(">BHH", 3, 60000 + rng.randrange(5000), 10),
-               6: struct.pack(">BHH", 6, 60000 + rng.randrange(5000), 1),
-               16: struct.pack(">BHHBH", 16, 60000, 1, 2, 7)}[fc]
+        req = {
+            3: struct.pack(">BHH", 3, 60000 + rng.randrange(5000), 10),
+            6: struct.pack(">BHH", 6, 60000 + rng.randrange(5000), 1),
+            16: struct.pack(">BHHBH", 16, 60000, 1, 2, 7),
+        }[fc]
         t.append((req, struct.pack(">BB", fc | 0x80, rng.choice((2, 3)))))
     return t
 
@@ -325,8 +421,9 @@ def _modbus_templates(rng: random.Random):
 def _modbus_exchanges(rng: random.Random, templates, box):
     unit = rng.choice((1, 1, 1, 0, 255, 17))
     prog = [templates[int(rng.random() * len(templates))] for _ in range(rng.randint(3, 8))]
-    prog = [(struct.pack(">HHB", 0, len(a) + 1, unit) + a, struct.pack(">HHB", 0, len(b) + 1, unit) + b)
-            for a, b in prog]
+    prog = [
+        (struct.pack(">HHB", 0, len(a) + 1, unit) + a, struct.pack(">HHB", 0, len(b) + 1, unit) + b) for a, b in prog
+    ]
     tid = rng.randrange(65536)
     rnd = rng.random
     while True:
@@ -344,6 +441,7 @@ def _modbus_exchanges(rng: random.Random, templates, box):
 # S7comm (TPKT / COTP / S7)
 # --------------------------------------------------------------------------
 
+
 def _tpkt_dt(s7: bytes) -> bytes:
     return struct.pack(">BBH", 3, 0, 7 + len(s7)) + b"\x02\xf0\x80" + s7
 
@@ -360,16 +458,18 @@ def _s7_ud(param: bytes, data: bytes) -> bytes:
     return _tpkt_dt(struct.pack(">BBHHHH", 0x32, 7, 0, 0, len(param), len(data)) + param + data)
 
 
-_COTP_CR = bytes.fromhex("03000016" "11e00000000100" "c1020100" "c2020102" "c0010a")
-_COTP_CC = bytes.fromhex("03000016" "11d00001443100" "c0010a" "c1020100" "c2020102")
+_COTP_CR = bytes.fromhex("0300001611e00000000100c1020100c2020102c0010a")
+_COTP_CC = bytes.fromhex("0300001611d00001443100c0010ac1020100c2020102")
 _S7_SETUP_JOB = _s7_job(struct.pack(">BBHHH", 0xF0, 0, 1, 1, 480))
 _S7_SETUP_ACK = _s7_ack(struct.pack(">BBHHH", 0xF0, 0, 1, 1, 240))
 _S7_SZL_REQ = _s7_ud(bytes.fromhex("0001120411440100"), b"\xff\x09" + struct.pack(">HHH", 4, 0x0011, 0))
 
 
 def _s7_szl_resp(mlfb: str) -> bytes:
-    recs = b"".join(struct.pack(">H20sHHH", idx, m.encode().ljust(20), 0, v, 0)
-                    for idx, m, v in ((1, mlfb, 0x0004), (6, mlfb, 0x0004), (7, "Boot Loader", 0x2020)))
+    recs = b"".join(
+        struct.pack(">H20sHHH", idx, m.encode().ljust(20), 0, v, 0)
+        for idx, m, v in ((1, mlfb, 0x0004), (6, mlfb, 0x0004), (7, "Boot Loader", 0x2020))
+    )
     szl = struct.pack(">HHHH", 0x0011, 0, 28, 3) + recs
     return _s7_ud(bytes.fromhex("000112081284010100000000"), b"\xff\x09" + struct.pack(">H", len(szl)) + szl)
 
@@ -387,8 +487,14 @@ def _s7_templates(rng: random.Random):
         items = []
         for _ in range(rng.choice((1, 1, 2, 3, 4))):
             area, db = rng.choice(areas)
-            items.append((rng.choice((1, 2, 4, 4, 8, 16, 32, 64)), area,
-                          rng.randrange(1, 200) if db is None else 0, rng.randrange(0, 2000)))
+            items.append(
+                (
+                    rng.choice((1, 2, 4, 4, 8, 16, 32, 64)),
+                    area,
+                    rng.randrange(1, 200) if db is None else 0,
+                    rng.randrange(0, 2000),
+                )
+            )
         param = struct.pack(">BB", 4, len(items)) + b"".join(_s7_item(*i) for i in items)
         data = b""
         for k, (ln, *_r) in enumerate(items):
@@ -400,8 +506,9 @@ def _s7_templates(rng: random.Random):
         items = []
         for _ in range(rng.choice((1, 1, 2))):
             area, db = rng.choice(areas)
-            items.append((rng.choice((1, 2, 4, 8)), area,
-                          rng.randrange(1, 200) if db is None else 0, rng.randrange(0, 2000)))
+            items.append(
+                (rng.choice((1, 2, 4, 8)), area, rng.randrange(1, 200) if db is None else 0, rng.randrange(0, 2000))
+            )
         param = struct.pack(">BB", 5, len(items)) + b"".join(_s7_item(*i) for i in items)
         data = b""
         for k, (ln, *_r) in enumerate(items):
@@ -449,18 +556,17 @@ def _ams_templates(rng: random.Random):
     """(weight-expanded) list of (cmd, request data, response data)."""
     t = []
     rb = rng.randbytes
-    for _ in range(9):   # Read
+    for _ in range(9):  # Read
         ln = rng.choice((1, 2, 4, 8, 16, 64, 256))
         ig, io = rng.choice((0x4020, 0x4040, 0xF005, 0xF030)), rng.randrange(0, 4096)
         t.append((2, struct.pack("<III", ig, io, ln), struct.pack("<II", 0, ln) + rb(ln)))
-    for _ in range(4):   # Write
+    for _ in range(4):  # Write
         ln = rng.choice((1, 2, 4, 8))
         t.append((3, struct.pack("<III", 0x4020, rng.randrange(0, 4096), ln) + rb(ln), struct.pack("<I", 0)))
-    for _ in range(4):   # Read State
+    for _ in range(4):  # Read State
         t.append((4, b"", struct.pack("<IHH", 0, 5, 0)))
     for name in (b"MAIN.counter", b"GVL.bStart", b"MAIN.fbAxis.Status"):  # Read Write (symbol handle)
-        t.append((9, struct.pack("<IIII", 0xF003, 0, 4, len(name)) + name,
-                  struct.pack("<II", 0, 4) + rb(4)))
+        t.append((9, struct.pack("<IIII", 0xF003, 0, 4, len(name)) + name, struct.pack("<II", 0, 4) + rb(4)))
     t.append((1, b"", struct.pack("<IBBH16s", 0, 3, 1, 4024, b"TwinCAT System")))  # Read Device Info
     return t
 
@@ -497,21 +603,36 @@ _UAS = (
     "Wget/1.21.3",
     "WinCC-Runtime/7.5",
 )
-_SERVERS = ("Apache/2.4.57 (Debian)", "nginx/1.24.0", "lighttpd/1.4.69", "GoAhead-Webs", "Boa/0.94.13",
-            "Microsoft-IIS/10.0")
-_PATHS = (("/", 1800), ("/index.html", 1800), ("/api/v1/status", 300), ("/scada/overview.htm", 9000),
-          ("/favicon.ico", 0), ("/images/logo.png", 4200), ("/cgi-bin/status.cgi?id=7", 600),
-          ("/trend/data.json", 5000), ("/missing.html", -404))
+_SERVERS = (
+    "Apache/2.4.57 (Debian)",
+    "nginx/1.24.0",
+    "lighttpd/1.4.69",
+    "GoAhead-Webs",
+    "Boa/0.94.13",
+    "Microsoft-IIS/10.0",
+)
+_PATHS = (
+    ("/", 1800),
+    ("/index.html", 1800),
+    ("/api/v1/status", 300),
+    ("/scada/overview.htm", 9000),
+    ("/favicon.ico", 0),
+    ("/images/logo.png", 4200),
+    ("/cgi-bin/status.cgi?id=7", 600),
+    ("/trend/data.json", 5000),
+    ("/missing.html", -404),
+)
 
 
 def _http_body(size: int, json_body: bool) -> bytes:
     if json_body:
         line = '{"tag":"PT-%04d","value":%d.%d,"quality":"good"},'
         s = "[" + "".join(line % (i, i * 7 % 1000, i % 10) for i in range(size // 48 + 1))
-        return (s[:max(size - 1, 1)].rstrip(",") + "]").encode()
+        return (s[: max(size - 1, 1)].rstrip(",") + "]").encode()
     line = "<tr><td>Tag %04d</td><td>%d.%d</td><td>OK</td></tr>\n"
     s = "<html><head><title>HMI</title></head><body><table>\n" + "".join(
-        line % (i, i * 7 % 1000, i % 10) for i in range(size // 40 + 1))
+        line % (i, i * 7 % 1000, i % 10) for i in range(size // 40 + 1)
+    )
     return s[:size].encode()
 
 
@@ -526,12 +647,16 @@ class _HttpCache:
         if r is None:
             if method == "POST":
                 body = b'{"setpoint": 42.5, "unit": "degC"}'
-                p = ("POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n"
-                     "Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n"
-                     % (path, host, ua, len(body))).encode() + body
+                p = (
+                    "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n"
+                    "Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n"
+                    % (path, host, ua, len(body))
+                ).encode() + body
             else:
-                p = ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n"
-                     "Accept-Encoding: identity\r\nConnection: keep-alive\r\n\r\n" % (path, host, ua)).encode()
+                p = (
+                    "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n"
+                    "Accept-Encoding: identity\r\nConnection: keep-alive\r\n\r\n" % (path, host, ua)
+                ).encode()
             r = self.req[key] = (0, p, _ps(p))
         return r
 
@@ -541,25 +666,28 @@ class _HttpCache:
         if r is None:
             date = "Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
             if kind == "304":
-                p = ("HTTP/1.1 304 Not Modified\r\n%sServer: %s\r\nETag: \"5f-1a2b\"\r\n\r\n" % (date, server)).encode()
+                p = ('HTTP/1.1 304 Not Modified\r\n%sServer: %s\r\nETag: "5f-1a2b"\r\n\r\n' % (date, server)).encode()
             elif kind == "404":
                 body = b"<html><body><h1>404 Not Found</h1></body></html>"
-                p = ("HTTP/1.1 404 Not Found\r\n%sServer: %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n"
-                     % (date, server, len(body))).encode() + body
+                p = (
+                    "HTTP/1.1 404 Not Found\r\n%sServer: %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n"
+                    % (date, server, len(body))
+                ).encode() + body
             else:
                 json_body = kind == "json"
                 body = _http_body(size, json_body)
-                ctype = ("application/json" if json_body
-                         else "application/octet-stream" if kind == "png" else "text/html")
-                p = ("HTTP/1.1 200 OK\r\n%sServer: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-                     "Cache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n"
-                     % (date, server, ctype, len(body))).encode() + body
+                ctype = (
+                    "application/json" if json_body else "application/octet-stream" if kind == "png" else "text/html"
+                )
+                p = (
+                    "HTTP/1.1 200 OK\r\n%sServer: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                    "Cache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n" % (date, server, ctype, len(body))
+                ).encode() + body
             r = self.resp[key] = _segments(p, 1)
         return r
 
 
-def _http_exchanges(rng: random.Random, cache: _HttpCache, box, client_idx: int, server_idx: int,
-                    sip: int, port: int):
+def _http_exchanges(rng: random.Random, cache: _HttpCache, box, client_idx: int, server_idx: int, sip: int, port: int):
     ua = _UAS[client_idx % len(_UAS)]
     server = _SERVERS[server_idx % len(_SERVERS)]
     host = _ip_str(sip) + ("" if port == 80 else ":%d" % port)
@@ -577,8 +705,11 @@ def _http_exchanges(rng: random.Random, cache: _HttpCache, box, client_idx: int,
                 elif size == 0 or rnd() < 0.15:
                     kind = "304"
                 else:
-                    kind = "json" if path.endswith("json") or path.startswith("/api") else (
-                        "png" if path.endswith(".png") else "html")
+                    kind = (
+                        "json"
+                        if path.endswith("json") or path.startswith("/api")
+                        else ("png" if path.endswith(".png") else "html")
+                    )
                 resp = cache.response(server, max(size, 0), kind)
             ex = (req,) + resp
             if len(ex) > box[0]:  # does not fit: a small answer instead
@@ -590,6 +721,7 @@ def _http_exchanges(rng: random.Random, cache: _HttpCache, box, client_idx: int,
 # TLS
 # --------------------------------------------------------------------------
 
+
 class _TlsCache:
     def __init__(self, rng: random.Random):
         self.blob = rng.randbytes(1 << 15)
@@ -597,14 +729,24 @@ class _TlsCache:
         b = self.blob
         # server bursts of application data: concatenated records, cut into segments
         self.bursts = []
-        for sizes in ((400,), (1455,), (1455, 1455), (2900,), (4096, 4096), (8000,),
-                      (16401,), (1455,) * 4, (700, 3000)):
-            data = b"".join(b"\x17\x03\x03" + struct.pack(">H", n) + b[i * 97:i * 97 + n]
-                            for i, n in enumerate(sizes))
+        for sizes in (
+            (400,),
+            (1455,),
+            (1455, 1455),
+            (2900,),
+            (4096, 4096),
+            (8000,),
+            (16401,),
+            (1455,) * 4,
+            (700, 3000),
+        ):
+            data = b"".join(
+                b"\x17\x03\x03" + struct.pack(">H", n) + b[i * 97 : i * 97 + n] for i, n in enumerate(sizes)
+            )
             self.bursts.append(_segments(data, 1))
         self.requests = []
         for n in (80, 150, 300, 700):
-            p = b"\x17\x03\x03" + struct.pack(">H", n) + b[5000 + n:5000 + 2 * n]
+            p = b"\x17\x03\x03" + struct.pack(">H", n) + b[5000 + n : 5000 + 2 * n]
             self.requests.append((0, p, _ps(p)))
         fin = b"\x14\x03\x03\x00\x01\x01\x17\x03\x03\x00\x35" + b[100:153]
         self.client_fin = (0, fin, _ps(fin))
@@ -615,24 +757,51 @@ class _TlsCache:
             return r
         b = self.blob
         o = (server_idx * 131) % 20000
-        rnd, sid, ks = b[o:o + 32], b[o + 32:o + 64], b[o + 64:o + 96]
+        rnd, sid, ks = b[o : o + 32], b[o + 32 : o + 64], b[o + 64 : o + 96]
         name = sni.encode()
-        exts = (struct.pack(">HHHBH", 0, len(name) + 5, len(name) + 3, 0, len(name)) + name
-                + struct.pack(">HHHHH", 0x000A, 6, 4, 0x001D, 0x0017)
-                + struct.pack(">HHHHHH", 0x000D, 8, 6, 0x0403, 0x0804, 0x0401)
-                + struct.pack(">HHBHH", 0x002B, 5, 4, 0x0304, 0x0303)
-                + struct.pack(">HHHHH", 0x0033, 38, 36, 0x001D, 32) + ks)
-        body = (b"\x03\x03" + rnd + b"\x20" + sid + struct.pack(">HHHH", 6, 0x1301, 0x1302, 0xC02F)
-                + b"\x01\x00" + struct.pack(">H", len(exts)) + exts)
+        exts = (
+            struct.pack(">HHHBH", 0, len(name) + 5, len(name) + 3, 0, len(name))
+            + name
+            + struct.pack(">HHHHH", 0x000A, 6, 4, 0x001D, 0x0017)
+            + struct.pack(">HHHHHH", 0x000D, 8, 6, 0x0403, 0x0804, 0x0401)
+            + struct.pack(">HHBHH", 0x002B, 5, 4, 0x0304, 0x0303)
+            + struct.pack(">HHHHH", 0x0033, 38, 36, 0x001D, 32)
+            + ks
+        )
+        body = (
+            b"\x03\x03"
+            + rnd
+            + b"\x20"
+            + sid
+            + struct.pack(">HHHH", 6, 0x1301, 0x1302, 0xC02F)
+            + b"\x01\x00"
+            + struct.pack(">H", len(exts))
+            + exts
+        )
         hs = b"\x01" + len(body).to_bytes(3, "big") + body
         ch = b"\x16\x03\x01" + struct.pack(">H", len(hs)) + hs
         sexts = struct.pack(">HHH", 0x002B, 2, 0x0304) + struct.pack(">HHHH", 0x0033, 36, 0x001D, 32) + ks[::-1]
-        sbody = (b"\x03\x03" + rnd[::-1] + b"\x20" + sid + struct.pack(">H", 0x1301) + b"\x00"
-                 + struct.pack(">H", len(sexts)) + sexts)
+        sbody = (
+            b"\x03\x03"
+            + rnd[::-1]
+            + b"\x20"
+            + sid
+            + struct.pack(">H", 0x1301)
+            + b"\x00"
+            + struct.pack(">H", len(sexts))
+            + sexts
+        )
         shs = b"\x02" + len(sbody).to_bytes(3, "big") + sbody
         enc = 2400 + (server_idx % 7) * 100
-        flight = (b"\x16\x03\x03" + struct.pack(">H", len(shs)) + shs + b"\x14\x03\x03\x00\x01\x01"
-                  + b"\x17\x03\x03" + struct.pack(">H", enc) + b[o + 200:o + 200 + enc])
+        flight = (
+            b"\x16\x03\x03"
+            + struct.pack(">H", len(shs))
+            + shs
+            + b"\x14\x03\x03\x00\x01\x01"
+            + b"\x17\x03\x03"
+            + struct.pack(">H", enc)
+            + b[o + 200 : o + 200 + enc]
+        )
         r = ((0, ch, _ps(ch)),) + _segments(flight, 1)[:-1] + (self.client_fin,)
         self.hello[server_idx] = r
         return r
@@ -654,6 +823,7 @@ def _tls_exchanges(rng: random.Random, cache: _TlsCache, box, server_idx: int):
 # --------------------------------------------------------------------------
 # stateless kinds: DNS, ICMP, ARP, LLDP
 # --------------------------------------------------------------------------
+
 
 def _l2_prefix(dst_mac: bytes, src_mac: bytes, rng: random.Random, vid: int, ethertype: int = 0x0800) -> bytes:
     return dst_mac + src_mac + _tags(rng, vid) + struct.pack("!H", ethertype)
@@ -686,8 +856,12 @@ def _dns_gen(rng: random.Random, devs, pairs):
         if aaaa:
             resp = struct.pack(">HHHHHH", tid, 0x8180, 1, 0, 0, 0) + q
         else:
-            resp = (struct.pack(">HHHHHH", tid, 0x8180, 1, 1, 0, 0) + q
-                    + struct.pack(">HHHIH", 0xC00C, 1, 1, 300, 4) + devs[ti][0].to_bytes(4, "big"))
+            resp = (
+                struct.pack(">HHHHHH", tid, 0x8180, 1, 1, 0, 0)
+                + q
+                + struct.pack(">HHHIH", 0xC00C, 1, 1, 300, 4)
+                + devs[ti][0].to_bytes(4, "big")
+            )
         vid = 10 + ci % 40
         ipid = (ipid + 1) & 0xFFFF
         yield _udp_frame(_l2_prefix(smac, cmac, rng, vid), cip, sip, 128, sport, 53, query, ipid)
@@ -707,9 +881,27 @@ def _icmp_gen(rng: random.Random, devs, pairs):
             tot = 28 + len(data)
             ipc = _csum(0x4500 + ((ttl << 8) | 1) + _ipw(a) + _ipw(b) + tot + seq)
             ic = _csum((typ << 8) + ident + seq + dsum)
-            yield (_l2_prefix(bmac, amac, rng, 10 + ci % 40)
-                   + _IPICMP.pack(0x45, 0, tot, seq, 0, ttl, 1, ipc, a.to_bytes(4, "big"), b.to_bytes(4, "big"),
-                                  typ, 0, ic, ident, seq) + data)
+            yield (
+                _l2_prefix(bmac, amac, rng, 10 + ci % 40)
+                + _IPICMP.pack(
+                    0x45,
+                    0,
+                    tot,
+                    seq,
+                    0,
+                    ttl,
+                    1,
+                    ipc,
+                    a.to_bytes(4, "big"),
+                    b.to_bytes(4, "big"),
+                    typ,
+                    0,
+                    ic,
+                    ident,
+                    seq,
+                )
+                + data
+            )
 
 
 def _arp_gen(rng: random.Random, devs, pairs):
@@ -719,10 +911,14 @@ def _arp_gen(rng: random.Random, devs, pairs):
         ai, bi = pairs[int(rnd() * len(pairs))]
         a, b = devs[ai], devs[bi]
         vid = 10 + (a[0] & 0xFF) % 40
-        yield (_l2_prefix(bcast, a[1], rng, vid, 0x0806)
-               + struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, a[1], a[2], bytes(6), b[2]))
-        yield (_l2_prefix(a[1], b[1], rng, vid, 0x0806)
-               + struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 2, b[1], b[2], a[1], a[2]))
+        yield (
+            _l2_prefix(bcast, a[1], rng, vid, 0x0806)
+            + struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, a[1], a[2], bytes(6), b[2])
+        )
+        yield (
+            _l2_prefix(a[1], b[1], rng, vid, 0x0806)
+            + struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 2, b[1], b[2], a[1], a[2])
+        )
 
 
 def _lldp_gen(rng: random.Random):
@@ -732,10 +928,16 @@ def _lldp_gen(rng: random.Random):
         name = b"sw-plant-%d" % sw
         for port in range(1, 9):
             pid = b"\x05" + b"GigabitEthernet1/0/%d" % port
-            tlvs = (struct.pack("!HB", (1 << 9) | 7, 4) + mac
-                    + struct.pack("!H", (2 << 9) | len(pid)) + pid
-                    + struct.pack("!HH", (3 << 9) | 2, 120)
-                    + struct.pack("!H", (5 << 9) | len(name)) + name + b"\x00\x00")
+            tlvs = (
+                struct.pack("!HB", (1 << 9) | 7, 4)
+                + mac
+                + struct.pack("!H", (2 << 9) | len(pid))
+                + pid
+                + struct.pack("!HH", (3 << 9) | 2, 120)
+                + struct.pack("!H", (5 << 9) | len(name))
+                + name
+                + b"\x00\x00"
+            )
             src = mac[:5] + bytes((port,))
             frames.append((src, tlvs))
     dst = bytes.fromhex("0180c200000e")
@@ -749,14 +951,25 @@ def _lldp_gen(rng: random.Random):
 # --------------------------------------------------------------------------
 
 _OUIS = {
-    "dns": "001aa1", "modbus": "0080f4", "s7comm": "001b1b", "ams": "000105",
-    "http": "00215a", "tls": "005056", "client": ("001422", "3cd92b", "f8b156", "000c29"),
+    "dns": "001aa1",
+    "modbus": "0080f4",
+    "s7comm": "001b1b",
+    "ams": "000105",
+    "http": "00215a",
+    "tls": "005056",
+    "client": ("001422", "3cd92b", "f8b156", "000c29"),
 }
 
 
 def _devices(n: int):
-    roles = [("dns", max(1, n * 2 // 1000)), ("modbus", max(1, n * 8 // 100)), ("s7comm", max(1, n * 5 // 100)),
-             ("ams", max(1, n * 4 // 100)), ("http", max(1, n * 3 // 100)), ("tls", max(1, n * 2 // 100))]
+    roles = [
+        ("dns", max(1, n * 2 // 1000)),
+        ("modbus", max(1, n * 8 // 100)),
+        ("s7comm", max(1, n * 5 // 100)),
+        ("ams", max(1, n * 4 // 100)),
+        ("http", max(1, n * 3 // 100)),
+        ("tls", max(1, n * 2 // 100)),
+    ]
     nclients = n - sum(k for _, k in roles)
     if nclients < 1:
         raise ValueError("devices too small: %d" % n)
@@ -804,8 +1017,14 @@ def plan(packets: int, connections: int = 10_000):
     return frames, per
 
 
-def make_mix(path, packets: int = 1_000_000, seed: int = 1, connections: int = 10_000,
-             devices: int = 2_000, concurrency: int | None = None) -> dict:
+def make_mix(
+    path,
+    packets: int = 1_000_000,
+    seed: int = 1,
+    connections: int = 10_000,
+    devices: int = 2_000,
+    concurrency: int | None = None,
+) -> dict:
     """Write the mix to ``path`` (atomically) and return a summary dict."""
     t0 = time.perf_counter()
     rng = random.Random(seed)
@@ -831,8 +1050,7 @@ def make_mix(path, packets: int = 1_000_000, seed: int = 1, connections: int = 1
                 if key not in used:
                     used.add(key)
                     break
-            specs.append((kind, ci, si, sport, port, budget, rng.random(), rng.getrandbits(32),
-                          rng.getrandbits(32)))
+            specs.append((kind, ci, si, sport, port, budget, rng.random(), rng.getrandbits(32), rng.getrandbits(32)))
     rng.shuffle(specs)
     nconn = len(specs)
 
@@ -847,8 +1065,15 @@ def make_mix(path, packets: int = 1_000_000, seed: int = 1, connections: int = 1
         else:
             tag = b""
         c2s = _dir(smac + cmac + tag + b"\x08\x00", cip, sip, sport, port, 128, 64240)
-        s2c = _dir(cmac + smac + tag + b"\x08\x00", sip, cip, port, sport, _SERVER_TTL[kind],
-                   65535 if kind in ("http", "tls") else 8192)
+        s2c = _dir(
+            cmac + smac + tag + b"\x08\x00",
+            sip,
+            cip,
+            port,
+            sport,
+            _SERVER_TTL[kind],
+            65535 if kind in ("http", "tls") else 8192,
+        )
         box = [0]
         if kind == "modbus":
             ex = _modbus_exchanges(rng, mb_t, box)
@@ -877,7 +1102,7 @@ def make_mix(path, packets: int = 1_000_000, seed: int = 1, connections: int = 1
     slots = rng.sample(range(packets), packets - sum(frames[k] for k in TCP_KINDS))  # random order
     k = 0
     for code, kind in ((1, "dns"), (2, "icmp"), (3, "arp"), (4, "lldp")):
-        for pos in slots[k:k + frames[kind]]:
+        for pos in slots[k : k + frames[kind]]:
             order[pos] = code
         k += frames[kind]
 
