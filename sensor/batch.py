@@ -144,7 +144,7 @@ class FastPath:
         # One dictionary lookup per flow direction, not per packet; results in lists, then arrays.
         entries = self.flows.entries
         analyzer_index = self.analyzer_index
-        state = []  # 0 unknown (or MACs not both recorded yet), 1 unrecognised flow, 2 other, 3+ fast kind
+        state = []  # 0 unknown (or this direction's MAC not recorded yet), 1 unrecognised, 2 other, 3+ fast kind
         next_seq = []
         streams: list = []
         owners: list = []
@@ -158,7 +158,7 @@ class FastPath:
                     b & 0xFF,
                 )
             )
-            if entry is None or entry[0].macs != 3:
+            if entry is None or not entry[0].macs & (1 if entry[1] else 2):  # this direction's MAC not yet recorded
                 state.append(0)
                 next_seq.append(0)
                 streams.append(None)
