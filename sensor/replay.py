@@ -75,6 +75,7 @@ def replay(paths: list[str], store: Store, progress: bool = True) -> dict:
         "devices": devices,
         "connections": connections,
         "decodeErrors": dict(sorted(engine.errors.items())),
+        "nonIpPackets": engine.decoder.non_ip,  # ARP, LLDP, STP, EtherCAT ...: counted, no devices
         "seconds": round(seconds, 3),
         "packetsPerSecond": round(engine.packets / seconds) if seconds > 0 else 0,
         "problems": problems,
@@ -91,6 +92,7 @@ def format_summary(summary: dict) -> str:
         f"devices      {summary['devices']:,}",
         f"connections  {summary['connections']:,}",
         f"decode errors {errors}",
+        f"non-IP       {summary['nonIpPackets']:,}",
         f"packets/s    {summary['packetsPerSecond']:,} ({summary['seconds']} s)",
     ]
     lines += [f"problem: {problem}" for problem in summary["problems"]]
