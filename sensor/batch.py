@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flows import NOT_RECOGNISED, SEQ_MASK, FlowTable
+from .flows import NOT_RECOGNISED, SEQ_MASK, UDP_CANDIDATES, FlowTable
+from .protocols.registry import SERVER_PORTS
 
 TCP_CONTROL = 0x07  # FIN, SYN, RST: they change flow state and go through the scalar path
 MIN_BATCH = 256  # below this the scalar path is as fast
@@ -74,8 +75,96 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
 class FastPath:
     def __init__(self, flows: FlowTable, analyzers) -> None:
         self.flows = flows
+        self._batch = self._headers = self._taken = None
+        self.analyzer_udp_port = np.zeros(65536, bool)  # lookup tables indexed by port number
+        self.analyzer_udp_port[list(UDP_CANDIDATES)] = True
+        self.server_port = np.zeros(65536, bool)
+        self.server_port[list(SERVER_PORTS)] = True
         self.analyzers = [a for a in analyzers if a.batch is not None]
         self.analyzer_index = {id(a): i + 1 for i, a in enumerate(self.analyzers)}
+
+    def _headers_of(self, batch) -> Headers:
+        if self._batch is not batch:
+            self._batch, self._headers = batch, ipv4_headers(batch.data, batch.offsets, batch.caplens)
+            self._taken = np.zeros(len(batch.offsets), bool)  # frames fully handled by stateless()
+        return self._headers
+
+    def stateless(self, batch) -> None:
+        """UDP that no analyzer wants and whose flow the table does not hold (DNS, syslog, NTP ...):
+        straight into the connection table, no flow.  The initiator is the port rule's
+        (flows.initiator_is_source, vectorised; equal ports are left to the flow table), which is
+        what the flow table would decide for a flow without a handshake."""
+        h = self._headers_of(batch)
+        src, dst, sport, dport = h.src, h.dst, h.sport, h.dport
+        first_octet_src, first_octet_dst = src >> 24, dst >> 24
+        group = (
+            ((first_octet_dst >= 224) & (first_octet_dst <= 239))
+            | (dst == 0xFFFFFFFF)
+            | (dst == 0)
+            | ((first_octet_src >= 224) & (first_octet_src <= 239))
+            | (src == 0xFFFFFFFF)
+            | (src == 0)
+        )
+        wanted = h.good & (h.proto == 17) & (sport != dport) & ~group
+        wanted &= ~self.analyzer_udp_port[sport & 0xFFFF] & ~self.analyzer_udp_port[dport & 0xFFFF]
+        frames = np.flatnonzero(wanted)
+        if len(frames) == 0:
+            return
+        entries = self.flows.entries
+        keys = np.stack([src[frames], dst[frames], sport[frames], dport[frames]], axis=1)
+        unique, group_of = np.unique(keys, axis=0, return_inverse=True)
+        group_of = group_of.ravel()
+        known = np.array(
+            [(a.to_bytes(4, "big"), b.to_bytes(4, "big"), c, d, 17) in entries for a, b, c, d in unique.tolist()], bool
+        )
+        frames = frames[~known[group_of]]
+        if len(frames) == 0:
+            return
+        self._taken[frames] = True
+        h.good[frames] = False  # nothing else looks at these frames again
+        s_port, d_port = sport[frames], dport[frames]
+        source_known, destination_known = self.server_port[s_port], self.server_port[d_port]
+        from_initiator = np.where(source_known != destination_known, destination_known, s_port >= d_port)
+        client = np.where(from_initiator, src[frames], dst[frames])
+        server = np.where(from_initiator, dst[frames], src[frames])
+        server_port = np.where(from_initiator, d_port, s_port)
+        stamps, sizes = batch.ts_ns[frames], batch.wirelens[frames]
+        pairs, pair_of = np.unique(np.stack([client, server], axis=1), axis=0, return_inverse=True)
+        pair_of = pair_of.ravel()
+        count = len(pairs)
+        packets = np.bincount(pair_of, minlength=count)
+        size = np.bincount(pair_of, weights=sizes, minlength=count)
+        order = np.argsort(pair_of, kind="stable")
+        cuts = np.flatnonzero(np.r_[True, pair_of[order][1:] != pair_of[order][:-1]])
+        low = np.minimum.reduceat(stamps[order], cuts)
+        high = np.maximum.reduceat(stamps[order], cuts)
+        table = self.flows.table
+        connections = []
+        for (c, v), n, b, first, last in zip(
+            pairs.tolist(), packets.tolist(), size.tolist(), low.tolist(), high.tolist()
+        ):
+            connection = table.connection(c.to_bytes(4, "big"), v.to_bytes(4, "big"))
+            connection.packets += n
+            connection.bytes += int(b)
+            connection.discovered_ns = min(connection.discovered_ns, first)
+            connection.last_seen_ns = max(connection.last_seen_ns, last)
+            connections.append(connection)
+        for key in np.unique(pair_of * 65536 + server_port).tolist():
+            connections[key >> 16].ports.add(key & 0xFFFF)
+        # each sender's MAC, as the flow table records the first MAC of each direction
+        buf = np.frombuffer(batch.data, dtype=np.uint8)
+        starts = batch.offsets[frames]
+        macs = (buf[starts + 6].astype(np.int64) << 40) | (buf[starts + 7].astype(np.int64) << 32)
+        for k in range(8, 12):
+            macs |= buf[starts + k].astype(np.int64) << (8 * (11 - k))
+        senders = np.stack([src[frames], macs], axis=1)
+        order = np.lexsort((senders[:, 1], senders[:, 0]))
+        senders = senders[order]
+        first = np.r_[True, (senders[1:] != senders[:-1]).any(axis=1)]
+        for address, mac in senders[first].tolist():
+            table.add_mac(address.to_bytes(4, "big"), mac.to_bytes(6, "big"))
+        if high.max() > self.flows.now_ns:
+            self.flows.now_ns = int(high.max())
 
     def early(self, batch) -> np.ndarray:
         """The first packets of each flow the table does not know yet, in capture order.
@@ -83,7 +172,7 @@ class FastPath:
         Flows are independent of each other, so running these through the scalar path first (it
         creates the flow, sees the handshake, decides the protocol) lets the rest of the flow's
         packets in the same chunk take the fast path without changing any result."""
-        h = self._headers = ipv4_headers(batch.data, batch.offsets, batch.caplens)
+        h = self._headers_of(batch)
         frames = np.flatnonzero(h.good)
         if len(frames) == 0:
             return frames
@@ -117,14 +206,14 @@ class FastPath:
     def split(self, batch, done: np.ndarray | None = None) -> tuple[np.ndarray, list]:
         """Handle what the fast path can; returns the frame indices left for the scalar path (in
         capture order) and a deferred update to apply after them.  ``done``: frames already run."""
-        h = self._headers if done is not None else ipv4_headers(batch.data, batch.offsets, batch.caplens)
+        h = self._headers_of(batch)
         good = h.good
         if done is not None and len(done):
             good = good.copy()
             good[done] = False
         frames = np.flatnonzero(good)
         if len(frames) == 0:
-            leftover = np.ones(len(batch.offsets), bool)
+            leftover = ~self._taken
             if done is not None:
                 leftover[done] = False
             return np.flatnonzero(leftover), []
@@ -246,7 +335,7 @@ class FastPath:
                         commands.append((owners[j], streams[j][1], name))
 
         handled = bulk | fast
-        leftover = np.ones(len(batch.offsets), bool)
+        leftover = ~self._taken
         leftover[frames[handled]] = False
         if done is not None:
             leftover[done] = False
