@@ -54,12 +54,12 @@ class Engine:
         if self.fast is not None and linktype == LINKTYPE_ETHERNET and len(offsets) >= MIN_BATCH:
             self.fast.stateless(batch)
             early = self.fast.early(batch)
-            self._scalar(batch, data, early.tolist(), offsets, caplens, wirelens, stamps)
+            self._scalar(linktype, data, early.tolist(), offsets, caplens, wirelens, stamps)
             scalar, deferred = self.fast.split(batch, done=early)
             indices = scalar.tolist()
         else:
             indices = range(len(offsets))
-        self._scalar(batch, data, indices, offsets, caplens, wirelens, stamps)
+        self._scalar(linktype, data, indices, offsets, caplens, wirelens, stamps)
         if deferred is not None:
             self.fast.finish(deferred)
         count = len(offsets)
@@ -69,11 +69,10 @@ class Engine:
         if self._since_fold >= FOLD_EVERY:
             self.fold()
 
-    def _scalar(self, batch, data, indices, offsets, caplens, wirelens, stamps) -> None:
+    def _scalar(self, linktype, data, indices, offsets, caplens, wirelens, stamps) -> None:
         """The per-packet path, in capture order, for the frames the fast path left."""
         decode = self.decoder.decode
         process = self.flows.process
-        linktype = batch.linktype
         errors = self.errors
         for i in indices:
             start = offsets[i]
@@ -89,18 +88,11 @@ class Engine:
                 process(packet, stamps[i], wirelens[i])
 
     def process_frame(self, linktype: int, frame: bytes, ts_ns: int, wirelen: int | None = None) -> None:
+        """One frame through the per-packet path (tests and callers without batches)."""
+        wirelen = wirelen or len(frame)
         self.packets += 1
-        self.bytes += wirelen or len(frame)
-        try:
-            packet = self.decoder.decode(linktype, memoryview(frame))
-        except DecodeError as error:
-            self.errors[error.layer] = self.errors.get(error.layer, 0) + 1
-            return
-        except (struct.error, ValueError, IndexError):
-            self.errors["decode"] = self.errors.get("decode", 0) + 1
-            return
-        if packet is not None:
-            self.flows.process(packet, ts_ns, wirelen or len(frame))
+        self.bytes += wirelen
+        self._scalar(linktype, memoryview(frame), [0], [0], [len(frame)], [wirelen], [ts_ns])
 
     def fold(self, evict: bool = True) -> None:
         self.flows.fold(evict)

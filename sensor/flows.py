@@ -237,10 +237,13 @@ class FlowTable:
         """A segment that arrived after the bytes behind it: its PDUs are read on their own."""
         if flow.analyzer is None or flow.analyzer is NOT_RECOGNISED:
             return
-        to_server = flow.streams[0] is stream
+        self._parse_piece(flow, flow.streams[0] is stream, bytes(payload))
+
+    def _parse_piece(self, flow: Flow, to_server: bool, piece: bytes) -> None:
+        """Name the PDUs of a piece read on its own (a datagram, a late segment); nothing is kept."""
         try:
-            _, commands, identity = flow.analyzer.parse(bytes(payload), to_server)
-        except (Malformed, ValueError, IndexError, KeyError, UnicodeError):
+            _, commands, identity = flow.analyzer.parse(piece, to_server)
+        except (Malformed, ValueError, IndexError, KeyError, UnicodeError):  # an analyzer bug must not stop capture
             self.errors[flow.analyzer.name] = self.errors.get(flow.analyzer.name, 0) + 1
             return
         if commands or identity:
@@ -355,14 +358,7 @@ class FlowTable:
             else:
                 self._decide(flow, NOT_RECOGNISED)
                 return
-        try:
-            _, commands, identity = flow.analyzer.parse(payload, to_server)
-        except Malformed:
-            name = flow.analyzer.name
-            self.errors[name] = self.errors.get(name, 0) + 1
-            return
-        if commands or identity:
-            self._record(flow, to_server, commands, identity)
+        self._parse_piece(flow, to_server, payload)
 
     # -- folding into the connection table ---------------------------------------------------------
 
