@@ -22,16 +22,20 @@ EARLY_PACKETS = 6  # packets of a new flow run through the scalar path first (ha
 
 class Headers:
     """Per-frame header fields of the frames the fast path can read (``good``), as int64 arrays.
-    Protocols other than TCP and UDP have ports 0 and no transport header, as decode.py gives them."""
+    Protocols other than TCP and UDP have ports 0 and no transport header, as decode.py gives them.
+    ``non_ip``: Ethernet frames whose (tagged) ethertype is no IP nor a header that may carry IP."""
 
-    __slots__ = ("good", "src", "dst", "sport", "dport", "proto", "flags", "seq", "start", "length")
+    __slots__ = ("good", "non_ip", "src", "dst", "sport", "dport", "proto", "flags", "seq", "start", "length")
+
+
+TAGS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad and the pre-standard QinQ type, as decode.py reads them
+CARRIERS = TAGS + (0x0800, 0x86DD, 0x8847, 0x8848, 0x8864)  # IP, tags, MPLS, PPPoE session
 
 
 def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     buf = np.frombuffer(data, dtype=np.uint8)
     last = len(buf) - 1
-    usable = caplens >= 34  # Ethernet + IPv4 at least
-    base = np.where(usable, offsets, 0)
+    base = np.where(caplens >= 14, offsets, 0)
 
     def byte(index: np.ndarray) -> np.ndarray:
         return buf[np.minimum(index, last)].astype(np.int64)
@@ -39,10 +43,19 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     def u16(index: np.ndarray) -> np.ndarray:
         return byte(index) << 8 | byte(index + 1)
 
+    # Up to two tags (QinQ); a third is left to decode.py.
     ethertype = u16(base + 12)
-    tagged = ethertype == 0x8100
-    l3 = base + 14 + 4 * tagged
-    ethertype = np.where(tagged, u16(base + 16), ethertype)
+    l3 = base + 14
+    tags = np.zeros(len(offsets), np.int64)
+    for _ in range(2):
+        tagged = np.isin(ethertype, TAGS) & (caplens >= l3 - base + 4)
+        l3 = l3 + 4 * tagged
+        tags += tagged
+        ethertype = np.where(tagged, u16(l3 - 2), ethertype)
+    h = Headers()
+    h.non_ip = (caplens >= 14) & ~np.isin(ethertype, CARRIERS)
+    usable = caplens >= l3 - base + 20
+    l3 = np.where(usable, l3, 0)
     total = u16(l3 + 2)
     fragment = (byte(l3 + 6) & 0x3F) | byte(l3 + 7)  # MF flag and fragment offset
     proto = byte(l3 + 9)
@@ -53,7 +66,6 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     frame_end = base + caplens
     end = np.minimum(l3 + total, frame_end)
     start = l4 + header
-    h = Headers()
     h.good = (
         usable
         & (ethertype == 0x0800)
@@ -72,6 +84,12 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     return h
 
 
+def _prefix(ok: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """Within each group (contiguous, starting at group_start), True up to the first False."""
+    bad = np.cumsum(~ok)
+    return (bad - bad[group_start] + (~ok)[group_start]) == 0
+
+
 class FastPath:
     def __init__(self, flows: FlowTable, analyzers) -> None:
         self.flows = flows
@@ -88,6 +106,12 @@ class FastPath:
             self._batch, self._headers = batch, ipv4_headers(batch.data, batch.offsets, batch.caplens)
             self._taken = np.zeros(len(batch.offsets), bool)  # frames fully handled by stateless()
         return self._headers
+
+    def non_ip(self, batch) -> int:
+        """Frames without IP (ARP, LLDP, STP ...): counted, as decode.py counts them, and taken."""
+        frames = self._headers_of(batch).non_ip
+        self._taken |= frames
+        return int(np.count_nonzero(frames))
 
     def stateless(self, batch) -> None:
         """UDP that no analyzer wants and whose flow the table does not hold (DNS, syslog, NTP ...):
@@ -167,7 +191,8 @@ class FastPath:
             self.flows.now_ns = int(high.max())
 
     def early(self, batch) -> np.ndarray:
-        """The first packets of each flow the table does not know yet, in capture order.
+        """The first packets of each flow the table does not know yet or whose protocol is still
+        undecided, in capture order.
 
         Flows are independent of each other, so running these through the scalar path first (it
         creates the flow, sees the handshake, decides the protocol) lets the rest of the flow's
@@ -199,7 +224,8 @@ class FastPath:
                 int(h.dport[i]),
                 int(h.proto[i]),
             )
-            unknown[position] = key not in entries
+            entry = entries.get(key)
+            unknown[position] = entry is None or entry[0].analyzer is None
         chosen = unknown[group_start] & (rank < EARLY_PACKETS)
         return np.sort(frames[order[chosen]])
 
@@ -233,7 +259,8 @@ class FastPath:
         # One dictionary lookup per flow direction, not per packet; results in lists, then arrays.
         entries = self.flows.entries
         analyzer_index = self.analyzer_index
-        state = []  # 0 unknown (or this direction's MAC not recorded yet), 1 unrecognised, 2 other, 3+ fast kind
+        state = []  # 0 unknown (or this direction's MAC not recorded yet), 1 unrecognised, 2 other, 3 runs
+        kinds = []  # analyzer index for single-PDU naming (empty buffer, nothing to skip), else 0
         next_seq = []
         streams: list = []
         owners: list = []
@@ -247,40 +274,38 @@ class FastPath:
                     b & 0xFF,
                 )
             )
+            kind = 0
             if entry is None or not entry[0].macs & (1 if entry[1] else 2):  # this direction's MAC not yet recorded
                 state.append(0)
                 next_seq.append(0)
                 streams.append(None)
                 owners.append(None)
-                continue
-            flow, to_server = entry
-            owners.append(flow)
-            analyzer = flow.analyzer
-            if analyzer is NOT_RECOGNISED or not flow.streams:
-                streams.append(None)
-                state.append(1 if analyzer is NOT_RECOGNISED else 2)
-                next_seq.append(0)
-                continue
-            stream = flow.streams[0 if to_server else 1]
-            streams.append((stream, to_server))
-            if (
-                analyzer is not None
-                and stream.next_seq is not None
-                and not stream.buf
-                and not stream.skip
-                and not stream.pending
-                and id(analyzer) in analyzer_index
-            ):
-                state.append(2 + analyzer_index[id(analyzer)])
-                next_seq.append(stream.next_seq)
             else:
-                state.append(2)
-                next_seq.append(0)
+                flow, to_server = entry
+                owners.append(flow)
+                analyzer = flow.analyzer
+                if analyzer is NOT_RECOGNISED or analyzer is None or not flow.streams:
+                    streams.append(None)
+                    state.append(1 if analyzer is NOT_RECOGNISED else 2)
+                    next_seq.append(0)
+                else:
+                    stream = flow.streams[0 if to_server else 1]
+                    streams.append((stream, to_server))
+                    if stream.next_seq is None or stream.pending:
+                        state.append(2)
+                        next_seq.append(0)
+                    else:
+                        state.append(3)
+                        next_seq.append(stream.next_seq)
+                        if not stream.buf and not stream.skip:
+                            kind = analyzer_index.get(id(analyzer), 0)
+            kinds.append(kind)
         state_of = np.array(state, np.int64)
         to_server_of = np.array([bool(entry and entry[1]) for entry in streams], bool)
         known = state_of > 0
         unrecognised = state_of == 1
-        kind = np.maximum(state_of - 2, 0)  # analyzer index for the PDU fast path, 0 for none
+        runs = state_of == 3
+        kind = np.array(kinds, np.int64)
         next_seq = np.array(next_seq, np.int64)
 
         flags, seq = h.flags[frames], h.seq[frames]
@@ -289,50 +314,49 @@ class FastPath:
         payload = length > 0
         bulk = known[group] & ~control & (~payload | unrecognised[group])
 
-        # In-order single-PDU segments of recognised flows: a prefix of each direction's data.
+        # Segments of recognised flows that continue their direction's data in order, up to the first
+        # that does not (a gap, a retransmission, SYN/FIN/RST): single-PDU segments at the head of
+        # that prefix are named from a table; the rest of it is parsed as one run per direction.
         fast = np.zeros(len(frames), bool)
         commands: list = []
-        candidates = np.flatnonzero(known[group] & payload & ~unrecognised[group] & (kind[group] > 0))
+        candidates = np.flatnonzero(payload & runs[group])
         if len(candidates):
             cand_group = group[candidates]
             order = np.argsort(cand_group, kind="stable")
             positions = candidates[order]
             g = cand_group[order]
-            ok = ~control[positions]
-            codes = np.zeros(len(positions), np.int64)
-            g_kind = kind[g]
-            for index, analyzer in enumerate(self.analyzers, start=1):
-                mine = np.flatnonzero(g_kind == index)
-                if len(mine):
-                    pdu_ok, pdu_code = analyzer.batch(
-                        batch.data, start[positions[mine]], length[positions[mine]], to_server_of[g[mine]]
-                    )
-                    ok[mine] &= pdu_ok
-                    codes[mine] = pdu_code
             lengths = length[positions]
             first = np.ones(len(g), bool)
             first[1:] = g[1:] != g[:-1]
             group_start = np.maximum.accumulate(np.where(first, np.arange(len(g)), 0))
             before = np.cumsum(lengths) - lengths
             expected = (next_seq[g] + before - before[group_start]) & SEQ_MASK
-            ok &= expected == seq[positions]
-            bad = np.cumsum(~ok)
-            clean = (bad - bad[group_start] + (~ok)[group_start]) == 0
-            chosen = positions[clean]
-            fast[chosen] = True
-            # Advance each stream past its fast prefix now: the scalar path continues from there.
-            chosen_groups = g[clean]
-            if len(chosen_groups):
-                ends = (seq[chosen] + length[chosen]) & SEQ_MASK
-                last_of_group = np.ones(len(chosen_groups), bool)
-                last_of_group[:-1] = chosen_groups[1:] != chosen_groups[:-1]
-                for j, end in zip(chosen_groups[last_of_group].tolist(), ends[last_of_group].tolist()):
-                    streams[j][0].next_seq = end
-                pairs = np.unique(np.stack([chosen_groups, g_kind[clean], codes[clean]], axis=1), axis=0)
+            in_order = _prefix((expected == seq[positions]) & ~control[positions], group_start)
+            named = np.zeros(len(positions), bool)
+            codes = np.zeros(len(positions), np.int64)
+            g_kind = kind[g]
+            for index, analyzer in enumerate(self.analyzers, start=1):
+                mine = np.flatnonzero(g_kind == index)
+                if len(mine):
+                    named[mine], codes[mine] = analyzer.batch(
+                        batch.data, start[positions[mine]], lengths[mine], to_server_of[g[mine]]
+                    )
+            named = in_order & _prefix(named, group_start)
+            run = in_order & ~named
+            ends = (seq[positions] + lengths) & SEQ_MASK
+            # Each stream continues after its fast prefix: single PDUs first, then the run.
+            last_named = named & ~np.r_[named[1:] & (g[1:] == g[:-1]), False]
+            for j, end in zip(g[last_named].tolist(), ends[last_named].tolist()):
+                streams[j][0].next_seq = end
+            if named.any():
+                fast[positions[named]] = True
+                pairs = np.unique(np.stack([g[named], g_kind[named], codes[named]], axis=1), axis=0)
                 for j, index, code in pairs.tolist():
                     name = self.analyzers[index - 1].command(code)
                     if name is not None:
                         commands.append((owners[j], streams[j][1], name))
+            if run.any():
+                self._runs(batch, start[positions[run]], lengths[run], ends[run], g[run], owners, streams, fast, positions[run])
 
         handled = bulk | fast
         leftover = ~self._taken
@@ -359,6 +383,24 @@ class FastPath:
             )
             update = [(owners[j], n, size, low, high) for j, n, size, low, high in update]
         return np.flatnonzero(leftover), (update, commands)
+
+    def _runs(self, batch, starts, lengths, ends, groups, owners, streams, fast, positions) -> None:
+        """Deliver each direction's run of in-order segments as one piece; a run whose parse fails is
+        left to the per-packet path (which resynchronises per segment) with nothing changed."""
+        data = memoryview(batch.data)
+        cuts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]).tolist() + [len(groups)]
+        starts, lengths, ends, groups = starts.tolist(), lengths.tolist(), ends.tolist(), groups.tolist()
+        deliver = self.flows.deliver_run
+        for low, high in zip(cuts[:-1], cuts[1:]):
+            j = groups[low]
+            stream = streams[j][0]
+            if high - low == 1:
+                piece = data[starts[low] : starts[low] + lengths[low]]
+            else:
+                piece = b"".join([data[s : s + n] for s, n in zip(starts[low:high], lengths[low:high])])
+            if deliver(owners[j], stream, piece):
+                stream.next_seq = ends[high - 1]
+                fast[positions[low:high]] = True
 
     def finish(self, deferred) -> None:
         """Apply the counters and commands of the fast packets (after the scalar path ran)."""

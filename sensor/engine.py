@@ -52,6 +52,7 @@ class Engine:
         wirelens, stamps = batch.wirelens.tolist(), batch.ts_ns.tolist()
         deferred = None
         if self.fast is not None and linktype == LINKTYPE_ETHERNET and len(offsets) >= MIN_BATCH:
+            self.decoder.non_ip += self.fast.non_ip(batch)
             self.fast.stateless(batch)
             early = self.fast.early(batch)
             self._scalar(linktype, data, early.tolist(), offsets, caplens, wirelens, stamps)

@@ -276,6 +276,37 @@ class FlowTable:
             return
         self._parse(flow, flow.streams[0] is stream, stream)
 
+    def deliver_run(self, flow: Flow, stream: Stream, data: memoryview | bytes) -> bool:
+        """The bytes of several in-order segments of a decided flow at once (the fast path's runs).
+
+        Analyzers frame PDUs by their own lengths and read only complete ones, so one parse of the
+        whole gives what parses segment by segment give.  Only their resynchronisation after a
+        malformed PDU is per segment: if the parse fails, nothing is changed and False is returned —
+        the segments then go through :meth:`process` one by one."""
+        skip = stream.skip
+        if skip >= len(data):
+            stream.skip = skip - len(data)
+            return True
+        if skip:
+            data = data[skip:]
+        buf = stream.buf + data if stream.buf else bytes(data)
+        if len(buf) > MAX_BUFFER:
+            return False
+        to_server = flow.streams[0] is stream
+        try:
+            consumed, commands, identity = flow.analyzer.parse(buf, to_server)
+        except (Malformed, ValueError, IndexError, KeyError, UnicodeError):
+            return False
+        if consumed >= len(buf):
+            stream.buf, stream.skip = b"", consumed - len(buf)
+        else:
+            stream.buf, stream.skip = buf[consumed:], 0
+        if consumed:
+            flow.errors = 0
+        if commands or identity:
+            self._record(flow, to_server, commands, identity)
+        return True
+
     def _probe(self, flow: Flow) -> None:
         forward, backward = flow.streams[0].buf, flow.streams[1].buf
         for analyzer in list(flow.candidates):
@@ -342,10 +373,15 @@ class FlowTable:
                 names = protocols[name] = set()
             names.add(command)
         if identity:
-            sender = self.table.device(flow.client if to_server else flow.server)
-            sender.identity.update(identity)
-            if "userAgent" in identity:
-                connection.user_agent = identity["userAgent"]
+            # The greater value wins, as in Device.merge: the result does not depend on the order
+            # in which flows (or the fast path's runs) report.
+            known = self.table.device(flow.client if to_server else flow.server).identity
+            for key, value in identity.items():
+                if key not in known or value > known[key]:
+                    known[key] = value
+            agent = identity.get("userAgent")
+            if agent and (connection.user_agent is None or agent > connection.user_agent):
+                connection.user_agent = agent
 
     # -- UDP --------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import pytest
 from sensor.engine import Engine
 from sensor.readers import CaptureReader
 
-from .conftest import PCAPS, real_captures
+from .conftest import PCAPS, ROOT, real_captures
 
 
 def table(path, vectorised: bool):
@@ -42,6 +42,22 @@ def test_fast_path_gives_the_scalar_result(capture):
     scalar = table(capture, vectorised=False)
     assert scalar[0], f"{capture} yields no connections: the comparison would prove nothing"
     assert table(capture, vectorised=True) == scalar
+
+
+def test_fast_path_gives_the_scalar_result_on_the_bench_mix(tmp_path):
+    """The benchmark's mix (all four protocols, QinQ, ARP/LLDP, TLS bulk, chunk-spanning flows)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from mix import make_mix
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    path = tmp_path / "mix.pcap"
+    make_mix(path, packets=200_000, seed=7, connections=2_000, devices=400)
+    scalar = table(path, vectorised=False)
+    assert {"modbus", "s7comm", "ams", "http"} <= {p for c in scalar[0].values() for p in c[1]}
+    assert table(path, vectorised=True) == scalar
 
 
 def test_fast_path_takes_packets(monkeypatch):
