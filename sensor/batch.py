@@ -100,8 +100,9 @@ class FastPath:
         self.server_port[list(SERVER_PORTS)] = True
         self.analyzers = [a for a in analyzers if a.batch is not None]
         self.analyzer_index = {id(a): i + 1 for i, a in enumerate(self.analyzers)}
+        self._names: dict[int, tuple[str, str] | None] = {}  # analyzer index << 16 | code -> command
 
-    def _headers_of(self, batch) -> Headers:
+    def headers(self, batch) -> Headers:
         if self._batch is not batch:
             self._batch, self._headers = batch, ipv4_headers(batch.data, batch.offsets, batch.caplens)
             self._taken = np.zeros(len(batch.offsets), bool)  # frames fully handled by stateless()
@@ -109,7 +110,7 @@ class FastPath:
 
     def non_ip(self, batch) -> int:
         """Frames without IP (ARP, LLDP, STP ...): counted, as decode.py counts them, and taken."""
-        frames = self._headers_of(batch).non_ip
+        frames = self.headers(batch).non_ip
         self._taken |= frames
         return int(np.count_nonzero(frames))
 
@@ -118,7 +119,7 @@ class FastPath:
         straight into the connection table, no flow.  The initiator is the port rule's
         (flows.initiator_is_source, vectorised; equal ports are left to the flow table), which is
         what the flow table would decide for a flow without a handshake."""
-        h = self._headers_of(batch)
+        h = self.headers(batch)
         src, dst, sport, dport = h.src, h.dst, h.sport, h.dport
         first_octet_src, first_octet_dst = src >> 24, dst >> 24
         group = (
@@ -197,7 +198,7 @@ class FastPath:
         Flows are independent of each other, so running these through the scalar path first (it
         creates the flow, sees the handshake, decides the protocol) lets the rest of the flow's
         packets in the same chunk take the fast path without changing any result."""
-        h = self._headers_of(batch)
+        h = self.headers(batch)
         frames = np.flatnonzero(h.good)
         if len(frames) == 0:
             return frames
@@ -232,7 +233,7 @@ class FastPath:
     def split(self, batch, done: np.ndarray | None = None) -> tuple[np.ndarray, list]:
         """Handle what the fast path can; returns the frame indices left for the scalar path (in
         capture order) and a deferred update to apply after them.  ``done``: frames already run."""
-        h = self._headers_of(batch)
+        h = self.headers(batch)
         good = h.good
         if done is not None and len(done):
             good = good.copy()
@@ -264,6 +265,9 @@ class FastPath:
         next_seq = []
         streams: list = []
         owners: list = []
+        flows: list = []  # the flows behind the groups, each once; flow_index: each group's
+        flow_index: list = []
+        index_of: dict = {}
         for a, b in unique:
             entry = entries.get(
                 (
@@ -276,6 +280,7 @@ class FastPath:
             )
             kind = 0
             if entry is None or not entry[0].macs & (1 if entry[1] else 2):  # this direction's MAC not yet recorded
+                flow_index.append(0)
                 state.append(0)
                 next_seq.append(0)
                 streams.append(None)
@@ -283,6 +288,10 @@ class FastPath:
             else:
                 flow, to_server = entry
                 owners.append(flow)
+                if id(flow) not in index_of:
+                    index_of[id(flow)] = len(flows)
+                    flows.append(flow)
+                flow_index.append(index_of[id(flow)])
                 analyzer = flow.analyzer
                 if analyzer is NOT_RECOGNISED or analyzer is None or not flow.streams:
                     streams.append(None)
@@ -350,11 +359,16 @@ class FastPath:
                 streams[j][0].next_seq = end
             if named.any():
                 fast[positions[named]] = True
-                pairs = np.unique(np.stack([g[named], g_kind[named], codes[named]], axis=1), axis=0)
-                for j, index, code in pairs.tolist():
-                    name = self.analyzers[index - 1].command(code)
+                # one (flow, command) per flow, both directions together: flow index, analyzer, code
+                flow_of = np.array(flow_index, np.int64)[g[named]]
+                names = self._names
+                for key in np.unique(flow_of << 24 | g_kind[named] << 16 | codes[named]).tolist():
+                    code = key & 0xFFFFFF
+                    if code not in names:
+                        names[code] = self.analyzers[(code >> 16) - 1].command(code & 0xFFFF)
+                    name = names[code]
                     if name is not None:
-                        commands.append((owners[j], streams[j][1], name))
+                        commands.append((flows[key >> 24], name))
             if run.any():
                 self._runs(batch, start[positions[run]], lengths[run], ends[run], g[run], owners, streams, fast, positions[run])
 
@@ -421,7 +435,7 @@ class FastPath:
             if high > flows.now_ns:
                 flows.now_ns = high
         table = flows.table
-        for flow, _, (name, command) in commands:
+        for flow, (name, command) in commands:
             protocols = table.connection(flow.client, flow.server).protocols
             names = protocols.get(name)
             if names is None:

@@ -6,15 +6,27 @@ Owns decoding order, counters and when flows are folded; never does I/O (readers
 from __future__ import annotations
 
 import struct
+from itertools import repeat
+
+import numpy as np
 
 from .batch import MIN_BATCH, FastPath
 from .connections import ConnectionTable
-from .decode import LINKTYPE_ETHERNET, DecodeError, Decoder
+from .decode import IPPROTO_TCP, LINKTYPE_ETHERNET, DecodeError, Decoder, Packet
 from .flows import FlowTable
 from .protocols.registry import ANALYZERS
 
 CHUNK = 65536  # frames per fast-path step (flow lookups are per flow direction per chunk)
 FOLD_EVERY = 1 << 18  # packets between folds of flow counters into the table (and flow eviction)
+
+
+def _read_tcp(headers, indices) -> list:
+    """Per index: the TCP/IPv4 header fields the fast path read (as decode.py gives them), else None."""
+    index = np.asarray(indices, np.int64)
+    tcp = (headers.good[index] & (headers.proto[index] == IPPROTO_TCP)).tolist()
+    columns = (headers.src, headers.dst, headers.sport, headers.dport, headers.flags, headers.seq)
+    rows = zip(*(column[index].tolist() for column in columns + (headers.start, headers.length)))
+    return [row if read else None for row, read in zip(rows, tcp)]
 
 
 class Engine:
@@ -54,13 +66,14 @@ class Engine:
         if self.fast is not None and linktype == LINKTYPE_ETHERNET and len(offsets) >= MIN_BATCH:
             self.decoder.non_ip += self.fast.non_ip(batch)
             self.fast.stateless(batch)
+            headers = self.fast.headers(batch)
             early = self.fast.early(batch)
-            self._scalar(linktype, data, early.tolist(), offsets, caplens, wirelens, stamps)
+            self._scalar(linktype, data, early.tolist(), offsets, caplens, wirelens, stamps, headers)
             scalar, deferred = self.fast.split(batch, done=early)
             indices = scalar.tolist()
         else:
-            indices = range(len(offsets))
-        self._scalar(linktype, data, indices, offsets, caplens, wirelens, stamps)
+            headers, indices = None, range(len(offsets))
+        self._scalar(linktype, data, indices, offsets, caplens, wirelens, stamps, headers)
         if deferred is not None:
             self.fast.finish(deferred)
         count = len(offsets)
@@ -70,23 +83,34 @@ class Engine:
         if self._since_fold >= FOLD_EVERY:
             self.fold()
 
-    def _scalar(self, linktype, data, indices, offsets, caplens, wirelens, stamps) -> None:
-        """The per-packet path, in capture order, for the frames the fast path left."""
+    def _scalar(self, linktype, data, indices, offsets, caplens, wirelens, stamps, headers=None) -> None:
+        """The per-packet path, in capture order, for the frames the fast path left.  ``headers``: the
+        fast path's header arrays of this batch; TCP/IPv4 frames it could read are not decoded again."""
         decode = self.decoder.decode
         process = self.flows.process
         errors = self.errors
-        for i in indices:
-            start = offsets[i]
-            try:
-                packet = decode(linktype, data[start : start + caplens[i]])
-            except DecodeError as error:
-                errors[error.layer] = errors.get(error.layer, 0) + 1
-                continue
-            except (struct.error, ValueError, IndexError):  # a header the checks above did not foresee
-                errors["decode"] = errors.get("decode", 0) + 1
-                continue
-            if packet is not None:
-                process(packet, stamps[i], wirelens[i])
+        read = _read_tcp(headers, indices) if headers is not None else repeat(None)
+        for i, fields in zip(indices, read):
+            if fields is not None:
+                src, dst, sport, dport, flags, seq, start, length = fields
+                mac = offsets[i] + 6
+                packet = Packet(
+                    src.to_bytes(4, "big"), dst.to_bytes(4, "big"), IPPROTO_TCP, sport, dport, flags, seq,
+                    data[start : start + length], bytes(data[mac : mac + 6]),
+                )  # fmt: skip
+            else:
+                start = offsets[i]
+                try:
+                    packet = decode(linktype, data[start : start + caplens[i]])
+                except DecodeError as error:
+                    errors[error.layer] = errors.get(error.layer, 0) + 1
+                    continue
+                except (struct.error, ValueError, IndexError):  # a header the checks above did not foresee
+                    errors["decode"] = errors.get("decode", 0) + 1
+                    continue
+                if packet is None:
+                    continue
+            process(packet, stamps[i], wirelens[i])
 
     def process_frame(self, linktype: int, frame: bytes, ts_ns: int, wirelen: int | None = None) -> None:
         """One frame through the per-packet path (tests and callers without batches)."""

@@ -293,8 +293,17 @@ class FlowTable:
         if len(buf) > MAX_BUFFER:
             return False
         to_server = flow.streams[0] is stream
+        parse = flow.analyzer.parse_run or flow.analyzer.parse
         try:
-            consumed, commands, identity = flow.analyzer.parse(buf, to_server)
+            consumed, commands, identity = parse(buf, to_server)
+            # An analyzer may stop before bad bytes and raise on them at its next call; segment by
+            # segment, that call would come with the next segment and resynchronise there.
+            rest = consumed
+            while 0 < rest < len(buf):
+                rest, more, facts = parse(buf[consumed:], to_server)
+                consumed += rest
+                commands += more
+                identity.update(facts)
         except (Malformed, ValueError, IndexError, KeyError, UnicodeError):
             return False
         if consumed >= len(buf):

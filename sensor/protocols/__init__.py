@@ -44,3 +44,7 @@ class Analyzer:
     # alone (no identity to read) — and ``command(code)`` the (protocol, command) pair or None.
     batch: Callable | None = None
     command: Callable[[int], tuple[str, str] | None] | None = None
+    # The parse for several in-order segments at once (the fast path's runs); it must raise
+    # Malformed wherever its result would depend on where the segments were cut.  None: ``parse``
+    # itself, which holds for protocols framed by their own length fields.
+    parse_run: Callable[[bytes, bool], ParseResult] | None = None

@@ -23,8 +23,7 @@ STATUS_LINE = re.compile(rb"HTTP/\d\.\d +\d{3}")
 NEXT_REQUEST = re.compile(rb"\n(?=(?:" + b"|".join(sorted(METHODS)) + rb") )")
 NEXT_RESPONSE = re.compile(rb"\n(?=HTTP/\d\.\d \d{3})")
 # Only the headers the sensor uses are looked up (identity and body framing), not every header.
-HEADER = re.compile(rb"^(user-agent|server|content-length|transfer-encoding)[ \t]*:[ \t]*(.*?)[ \t]*\r?$", re.M | re.I)
-HEAD_END = re.compile(rb"\r?\n\r?\n")
+HEADER_NAMES = (b"user-agent", b"server", b"content-length", b"transfer-encoding")
 
 
 def _request_method(data: bytes) -> bytes | None:
@@ -48,15 +47,42 @@ def probe(data: bytes, to_server: bool) -> bool | None:
 
 
 def _head(buf: bytes, pos: int) -> tuple[int, dict[bytes, bytes]] | None:
-    """End of the head starting at pos and its headers (names lower-case), or None if incomplete."""
-    end = HEAD_END.search(buf, pos, pos + MAX_HEAD)
-    if end is None:
+    """End of the head starting at pos and its headers (names lower-case), or None if incomplete.
+
+    The head ends at the first empty line: a newline followed by CRLF or by a bare LF."""
+    limit = pos + MAX_HEAD
+    crlf = buf.find(b"\n\r\n", pos, limit)
+    bare = buf.find(b"\n\n", pos, crlf + 2 if crlf >= 0 else limit)
+    if bare >= 0:
+        blank, end = bare, bare + 2
+    elif crlf >= 0:
+        blank, end = crlf, crlf + 3
+    else:
         if len(buf) - pos >= MAX_HEAD:
             raise Malformed("HTTP head longer than 64 KiB")
         return None
     first_line_end = buf.index(b"\n", pos) + 1
-    headers = {m.group(1).lower(): m.group(2) for m in HEADER.finditer(buf, first_line_end, end.start() + 1)}
-    return end.end(), headers
+    return end, _headers(buf, first_line_end, blank) if first_line_end < blank else {}
+
+
+def _headers(buf: bytes, begin: int, stop: int) -> dict[bytes, bytes]:
+    """The HEADER_NAMES among the header lines buf[begin:stop]: ``name [SP/HT]* : value``, the value
+    without surrounding spaces/tabs and its CR; of a repeated header the last one counts."""
+    lower = b"\n" + buf[begin:stop].lower()  # lower[i] is buf[begin + i - 1]
+    found = {}
+    for name in HEADER_NAMES:
+        at = len(lower)
+        while (at := lower.rfind(b"\n" + name, 0, at)) >= 0:
+            colon = at + 1 + len(name)
+            while lower[colon : colon + 1] in (b" ", b"\t"):
+                colon += 1
+            if lower[colon : colon + 1] == b":":
+                line_end = lower.find(b"\n", colon)
+                value = buf[begin + colon : begin + (len(lower) if line_end < 0 else line_end) - 1]
+                value = value.lstrip(b" \t")
+                found[name] = (value[:-1] if value.endswith(b"\r") else value).rstrip(b" \t")
+                break
+    return found
 
 
 def _body_length(headers: dict[bytes, bytes]) -> int | None:
@@ -71,8 +97,12 @@ def _text(value: bytes) -> str:
     return value.decode("latin-1")[:256]
 
 
-def parse(buf: bytes, to_server: bool):
-    """Heads at the start of buf; bodies skipped by Content-Length (consumed may exceed len(buf))."""
+def parse(buf: bytes, to_server: bool, strict: bool = False):
+    """Heads at the start of buf; bodies skipped by Content-Length (consumed may exceed len(buf)).
+
+    Where no head starts, or a body's length is unknown, the next head is searched for; where that
+    search ends depends on where segments were cut.  ``strict`` raises Malformed there instead (the
+    fast path then hands the segments over one by one)."""
     commands: list[tuple[str, str]] = []
     identity: dict[str, str] = {}
     pos, end = 0, len(buf)
@@ -82,6 +112,8 @@ def parse(buf: bytes, to_server: bool):
             if method is None:
                 if buf.find(b"\n", pos, pos + 4096) < 0 and end - pos < 4096:
                     break  # a request line still arriving
+                if strict:
+                    raise Malformed("no request line")
                 if (pos := _resync(buf, pos, NEXT_REQUEST)) >= end - 16:
                     break
                 continue
@@ -92,6 +124,8 @@ def parse(buf: bytes, to_server: bool):
         elif not STATUS_LINE.match(buf, pos):
             if end - pos < 12:
                 break
+            if strict:
+                raise Malformed("no status line")
             if (pos := _resync(buf, pos, NEXT_RESPONSE)) >= end - 16:
                 break
             continue
@@ -107,6 +141,8 @@ def parse(buf: bytes, to_server: bool):
             identity["server"] = _text(headers[b"server"])
         body = _body_length(headers)
         if body is None:
+            if strict:
+                raise Malformed("body of unknown length")
             pos = _resync(buf, head_end, NEXT_REQUEST if to_server else NEXT_RESPONSE)
         else:
             pos = head_end + body
@@ -121,4 +157,8 @@ def _resync(buf: bytes, pos: int, pattern: re.Pattern) -> int:
     return max(pos, len(buf) - 16)  # keep a tail that may hold the start of the next head
 
 
-ANALYZER = Analyzer(name="http", probe=probe, parse=parse, any_tcp_port=True)
+def parse_run(buf: bytes, to_server: bool):
+    return parse(buf, to_server, strict=True)
+
+
+ANALYZER = Analyzer(name="http", probe=probe, parse=parse, parse_run=parse_run, any_tcp_port=True)
