@@ -15,9 +15,12 @@ import numpy as np
 from .flows import NOT_RECOGNISED, SEQ_MASK, UDP_CANDIDATES, FlowTable
 from .protocols.registry import SERVER_PORTS
 
-TCP_CONTROL = 0x07  # FIN, SYN, RST: they change flow state and go through the scalar path
+TCP_CONTROL = 0x07  # FIN, SYN, RST: they change flow state
+TCP_SYN = 0x02
 MIN_BATCH = 256  # below this the scalar path is as fast
-EARLY_PACKETS = 6  # packets of a new flow run through the scalar path first (handshake, first PDUs)
+# Rounds of packets of new or undecided flows that run through the scalar path first (handshake,
+# first PDUs: most protocols decide on the fourth packet, S7comm after COTP on the sixth).
+EARLY_ROUNDS = (4, 2, 2)
 
 
 class Headers:
@@ -93,7 +96,7 @@ def _prefix(ok: np.ndarray, group_start: np.ndarray) -> np.ndarray:
 class FastPath:
     def __init__(self, flows: FlowTable, analyzers) -> None:
         self.flows = flows
-        self._batch = self._headers = self._taken = None
+        self._batch = self._headers = self._taken = self._early = None
         self.analyzer_udp_port = np.zeros(65536, bool)  # lookup tables indexed by port number
         self.analyzer_udp_port[list(UDP_CANDIDATES)] = True
         self.server_port = np.zeros(65536, bool)
@@ -191,44 +194,54 @@ class FastPath:
         if high.max() > self.flows.now_ns:
             self.flows.now_ns = int(high.max())
 
-    def early(self, batch) -> np.ndarray:
-        """The first packets of each flow the table does not know yet or whose protocol is still
-        undecided, in capture order.
+    def early(self, batch, limit: int) -> np.ndarray:
+        """The next ``limit`` packets, in capture order, of each flow the table does not know yet or
+        whose protocol is still undecided; each call (a round) continues where the last one stopped.
 
         Flows are independent of each other, so running these through the scalar path first (it
         creates the flow, sees the handshake, decides the protocol) lets the rest of the flow's
         packets in the same chunk take the fast path without changing any result."""
         h = self.headers(batch)
-        frames = np.flatnonzero(h.good)
-        if len(frames) == 0:
-            return frames
-        one = (h.src[frames].astype(np.uint64) << np.uint64(16)) | h.sport[frames].astype(np.uint64)
-        other = (h.dst[frames].astype(np.uint64) << np.uint64(16)) | h.dport[frames].astype(np.uint64)
-        low, high, proto = np.minimum(one, other), np.maximum(one, other), h.proto[frames]
-        order = np.lexsort((proto, high, low))
-        first = np.ones(len(order), bool)
-        first[1:] = (
-            (low[order][1:] != low[order][:-1])
-            | (high[order][1:] != high[order][:-1])
-            | (proto[order][1:] != proto[order][:-1])
-        )
-        group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
-        rank = np.arange(len(order)) - group_start
-        entries = self.flows.entries
-        unknown = np.zeros(len(order), bool)
-        for position in np.flatnonzero(first).tolist():
-            i = frames[order[position]]
-            key = (
-                int(h.src[i]).to_bytes(4, "big"),
-                int(h.dst[i]).to_bytes(4, "big"),
-                int(h.sport[i]),
-                int(h.dport[i]),
-                int(h.proto[i]),
+        if self._early is None or self._early[0] is not batch:
+            frames = np.flatnonzero(h.good)
+            one = (h.src[frames].astype(np.uint64) << np.uint64(16)) | h.sport[frames].astype(np.uint64)
+            other = (h.dst[frames].astype(np.uint64) << np.uint64(16)) | h.dport[frames].astype(np.uint64)
+            low, high, proto = np.minimum(one, other), np.maximum(one, other), h.proto[frames]
+            order = np.lexsort((proto, high, low))
+            first = np.ones(len(order), bool)
+            first[1:] = (
+                (low[order][1:] != low[order][:-1])
+                | (high[order][1:] != high[order][:-1])
+                | (proto[order][1:] != proto[order][:-1])
             )
-            entry = entries.get(key)
-            unknown[position] = entry is None or entry[0].analyzer is None
-        chosen = unknown[group_start] & (rank < EARLY_PACKETS)
-        return np.sort(frames[order[chosen]])
+            group = np.cumsum(first) - 1  # per sorted position: its flow's number
+            starts = np.flatnonzero(first)
+            rank = np.arange(len(order)) - starts[group]
+            sizes = np.diff(np.r_[starts, len(order)])
+            at = frames[order[starts]]
+            keys = list(
+                zip(
+                    [a.to_bytes(4, "big") for a in h.src[at].tolist()],
+                    [a.to_bytes(4, "big") for a in h.dst[at].tolist()],
+                    h.sport[at].tolist(),
+                    h.dport[at].tolist(),
+                    h.proto[at].tolist(),
+                )
+            )
+            self._early = [batch, frames[order], group, rank, sizes, keys, 0, range(len(keys))]
+        _, ordered, group, rank, sizes, keys, taken, candidates = self._early
+        entries = self.flows.entries
+        chosen = []
+        for g in candidates:
+            entry = entries.get(keys[g])
+            if entry is None or entry[0].analyzer is None:
+                chosen.append(g)
+        wanted = np.zeros(len(keys), bool)
+        wanted[chosen] = True
+        pick = wanted[group] & (rank >= taken) & (rank < taken + limit)
+        taken += limit
+        self._early[6:] = taken, np.flatnonzero(wanted & (sizes > taken)).tolist()
+        return np.sort(ordered[pick])
 
     def split(self, batch, done: np.ndarray | None = None) -> tuple[np.ndarray, list]:
         """Handle what the fast path can; returns the frame indices left for the scalar path (in
@@ -279,19 +292,21 @@ class FastPath:
                 )
             )
             kind = 0
-            if entry is None or not entry[0].macs & (1 if entry[1] else 2):  # this direction's MAC not yet recorded
-                flow_index.append(0)
+            if entry is not None:
+                flow, to_server = entry
+                if id(flow) not in index_of:
+                    index_of[id(flow)] = len(flows)
+                    flows.append(flow)
+                flow_index.append(index_of[id(flow)])
+            else:
+                flow_index.append(-1)
+            if entry is None or not flow.macs & (1 if to_server else 2):  # this direction's MAC not yet recorded
                 state.append(0)
                 next_seq.append(0)
                 streams.append(None)
                 owners.append(None)
             else:
-                flow, to_server = entry
                 owners.append(flow)
-                if id(flow) not in index_of:
-                    index_of[id(flow)] = len(flows)
-                    flows.append(flow)
-                flow_index.append(index_of[id(flow)])
                 analyzer = flow.analyzer
                 if analyzer is NOT_RECOGNISED or analyzer is None or not flow.streams:
                     streams.append(None)
@@ -320,11 +335,17 @@ class FastPath:
         flags, seq = h.flags[frames], h.seq[frames]
         length, start = h.length[frames], h.start[frames]
         control = (flags & TCP_CONTROL) != 0
+        # FIN and RST only mark a flow closed; a SYN (re)starts it: where a flow has a SYN in this
+        # chunk, all its SYN/FIN/RST go through the per-packet path in capture order.
+        flow_of_group = np.array(flow_index, np.int64)
+        syn_flow = np.zeros(len(flows) + 1, bool)  # the last slot takes the groups of unknown flows
+        syn_flow[flow_of_group[group[(flags & TCP_SYN) != 0]]] = True
+        barrier = control & (((flags & TCP_SYN) != 0) | syn_flow[flow_of_group[group]])
         payload = length > 0
-        bulk = known[group] & ~control & (~payload | unrecognised[group])
+        bulk = known[group] & ~barrier & (~payload | unrecognised[group])
 
         # Segments of recognised flows that continue their direction's data in order, up to the first
-        # that does not (a gap, a retransmission, SYN/FIN/RST): single-PDU segments at the head of
+        # that does not (a gap, a retransmission, a SYN): single-PDU segments at the head of
         # that prefix are named from a table; the rest of it is parsed as one run per direction.
         fast = np.zeros(len(frames), bool)
         commands: list = []
@@ -340,7 +361,7 @@ class FastPath:
             group_start = np.maximum.accumulate(np.where(first, np.arange(len(g)), 0))
             before = np.cumsum(lengths) - lengths
             expected = (next_seq[g] + before - before[group_start]) & SEQ_MASK
-            in_order = _prefix((expected == seq[positions]) & ~control[positions], group_start)
+            in_order = _prefix((expected == seq[positions]) & ~barrier[positions], group_start)
             named = np.zeros(len(positions), bool)
             codes = np.zeros(len(positions), np.int64)
             g_kind = kind[g]
@@ -373,6 +394,8 @@ class FastPath:
                 self._runs(batch, start[positions[run]], lengths[run], ends[run], g[run], owners, streams, fast, positions[run])
 
         handled = bulk | fast
+        for j in np.unique(group[handled & control]).tolist():
+            owners[j].closed = True  # what FlowTable._control does with a FIN or RST
         leftover = ~self._taken
         leftover[frames[handled]] = False
         if done is not None:

@@ -10,7 +10,7 @@ from itertools import repeat
 
 import numpy as np
 
-from .batch import MIN_BATCH, FastPath
+from .batch import EARLY_ROUNDS, MIN_BATCH, FastPath
 from .connections import ConnectionTable
 from .decode import IPPROTO_TCP, LINKTYPE_ETHERNET, DecodeError, Decoder, Packet
 from .flows import FlowTable
@@ -67,8 +67,14 @@ class Engine:
             self.decoder.non_ip += self.fast.non_ip(batch)
             self.fast.stateless(batch)
             headers = self.fast.headers(batch)
-            early = self.fast.early(batch)
-            self._scalar(linktype, data, early.tolist(), offsets, caplens, wirelens, stamps, headers)
+            early = []
+            for limit in EARLY_ROUNDS:
+                frames = self.fast.early(batch, limit)
+                if not len(frames):
+                    break
+                self._scalar(linktype, data, frames.tolist(), offsets, caplens, wirelens, stamps, headers)
+                early.append(frames)
+            early = np.concatenate(early) if early else np.zeros(0, np.int64)
             scalar, deferred = self.fast.split(batch, done=early)
             indices = scalar.tolist()
         else:
