@@ -87,6 +87,15 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     return h
 
 
+def _unique_pairs(first: np.ndarray, second: np.ndarray) -> tuple[list, np.ndarray]:
+    """The distinct (first, second) pairs of two non-negative integer arrays (second < 2**32), as a
+    list of tuples, and each element's pair number (np.unique over rows is much slower)."""
+    values, inverse = np.unique(first, return_inverse=True)
+    keys, pair_of = np.unique(inverse.astype(np.int64) << 32 | second, return_inverse=True)
+    firsts = values[keys >> 32].tolist()
+    return list(zip(firsts, (keys & 0xFFFFFFFF).tolist())), pair_of.ravel()
+
+
 def _prefix(ok: np.ndarray, group_start: np.ndarray) -> np.ndarray:
     """Within each group (contiguous, starting at group_start), True up to the first False."""
     bad = np.cumsum(~ok)
@@ -138,16 +147,22 @@ class FastPath:
         frames = np.flatnonzero(wanted)
         if len(frames) == 0:
             return
-        entries = self.flows.entries
-        keys = np.stack([src[frames], dst[frames], sport[frames], dport[frames]], axis=1)
-        unique, group_of = np.unique(keys, axis=0, return_inverse=True)
-        group_of = group_of.ravel()
-        known = np.array(
-            [(a.to_bytes(4, "big"), b.to_bytes(4, "big"), c, d, 17) in entries for a, b, c, d in unique.tolist()], bool
-        )
-        frames = frames[~known[group_of]]
-        if len(frames) == 0:
-            return
+        if self.flows.plain_udp:  # the flow table holds such flows (made by the per-packet path)
+            entries = self.flows.entries
+            addresses = src[frames].astype(np.uint64) << np.uint64(32) | dst[frames].astype(np.uint64)
+            ports = sport[frames] << 16 | dport[frames]
+            unique, group_of = _unique_pairs(addresses, ports)
+            known = np.array(
+                [
+                    ((a >> 32).to_bytes(4, "big"), (a & 0xFFFFFFFF).to_bytes(4, "big"), p >> 16, p & 0xFFFF, 17)
+                    in entries
+                    for a, p in unique
+                ],
+                bool,
+            )
+            frames = frames[~known[group_of]]
+            if len(frames) == 0:
+                return
         self._taken[frames] = True
         h.good[frames] = False  # nothing else looks at these frames again
         s_port, d_port = sport[frames], dport[frames]
@@ -157,8 +172,7 @@ class FastPath:
         server = np.where(from_initiator, dst[frames], src[frames])
         server_port = np.where(from_initiator, d_port, s_port)
         stamps, sizes = batch.ts_ns[frames], batch.wirelens[frames]
-        pairs, pair_of = np.unique(np.stack([client, server], axis=1), axis=0, return_inverse=True)
-        pair_of = pair_of.ravel()
+        pairs, pair_of = _unique_pairs(client, server)
         count = len(pairs)
         packets = np.bincount(pair_of, minlength=count)
         size = np.bincount(pair_of, weights=sizes, minlength=count)
@@ -169,7 +183,7 @@ class FastPath:
         table = self.flows.table
         connections = []
         for (c, v), n, b, first, last in zip(
-            pairs.tolist(), packets.tolist(), size.tolist(), low.tolist(), high.tolist()
+            pairs, packets.tolist(), size.tolist(), low.tolist(), high.tolist()
         ):
             connection = table.connection(c.to_bytes(4, "big"), v.to_bytes(4, "big"))
             connection.packets += n

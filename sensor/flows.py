@@ -90,6 +90,7 @@ class FlowTable:
         self.table = table
         self.errors = errors  # decode errors per protocol, shared with the engine
         self.entries: dict[tuple, tuple[Flow, bool]] = {}  # 5-tuple as sent -> (flow, sent by initiator)
+        self.plain_udp = 0  # UDP flows on no analyzer's port (the fast path's stateless UDP checks these)
         self.now_ns = 0
 
     def __len__(self) -> int:
@@ -148,6 +149,7 @@ class FlowTable:
             flow.candidates = list(dict.fromkeys(candidates))
         if not flow.candidates:
             flow.analyzer = NOT_RECOGNISED
+            self.plain_udp += proto == IPPROTO_UDP
         self._index(flow)
         return flow, from_initiator
 
@@ -431,5 +433,9 @@ class FlowTable:
                 ):
                     stale.append(flow)
         for flow in stale:
+            if flow.proto == IPPROTO_UDP and not (
+                flow.client_port in UDP_CANDIDATES or flow.server_port in UDP_CANDIDATES
+            ):
+                self.plain_udp -= 1
             self.entries.pop((flow.client, flow.server, flow.client_port, flow.server_port, flow.proto), None)
             self.entries.pop((flow.server, flow.client, flow.server_port, flow.client_port, flow.proto), None)
