@@ -23,7 +23,8 @@ STATUS_LINE = re.compile(rb"HTTP/\d\.\d +\d{3}")
 NEXT_REQUEST = re.compile(rb"\n(?=(?:" + b"|".join(sorted(METHODS)) + rb") )")
 NEXT_RESPONSE = re.compile(rb"\n(?=HTTP/\d\.\d \d{3})")
 # Only the headers the sensor uses are looked up (identity and body framing), not every header.
-HEADER_NAMES = (b"user-agent", b"server", b"content-length", b"transfer-encoding")
+REQUEST_HEADERS = (b"user-agent", b"content-length", b"transfer-encoding")
+RESPONSE_HEADERS = (b"server", b"content-length", b"transfer-encoding")
 
 
 def _request_method(data: bytes) -> bytes | None:
@@ -46,7 +47,7 @@ def probe(data: bytes, to_server: bool) -> bool | None:
     return _request_method(data[: line_end + 1]) is not None
 
 
-def _head(buf: bytes, pos: int) -> tuple[int, dict[bytes, bytes]] | None:
+def _head(buf: bytes, pos: int, names: tuple[bytes, ...]) -> tuple[int, dict[bytes, bytes]] | None:
     """End of the head starting at pos and its headers (names lower-case), or None if incomplete.
 
     The head ends at the first empty line: a newline followed by CRLF or by a bare LF."""
@@ -62,15 +63,15 @@ def _head(buf: bytes, pos: int) -> tuple[int, dict[bytes, bytes]] | None:
             raise Malformed("HTTP head longer than 64 KiB")
         return None
     first_line_end = buf.index(b"\n", pos) + 1
-    return end, _headers(buf, first_line_end, blank) if first_line_end < blank else {}
+    return end, _headers(buf, first_line_end, blank, names) if first_line_end < blank else {}
 
 
-def _headers(buf: bytes, begin: int, stop: int) -> dict[bytes, bytes]:
-    """The HEADER_NAMES among the header lines buf[begin:stop]: ``name [SP/HT]* : value``, the value
-    without surrounding spaces/tabs and its CR; of a repeated header the last one counts."""
+def _headers(buf: bytes, begin: int, stop: int, names: tuple[bytes, ...]) -> dict[bytes, bytes]:
+    """The headers ``names`` among the header lines buf[begin:stop]: ``name [SP/HT]* : value``, the
+    value without surrounding spaces/tabs and its CR; of a repeated header the last one counts."""
     lower = b"\n" + buf[begin:stop].lower()  # lower[i] is buf[begin + i - 1]
     found = {}
-    for name in HEADER_NAMES:
+    for name in names:
         at = len(lower)
         while (at := lower.rfind(b"\n" + name, 0, at)) >= 0:
             colon = at + 1 + len(name)
@@ -108,8 +109,8 @@ def parse(buf: bytes, to_server: bool, strict: bool = False):
     pos, end = 0, len(buf)
     while pos < end:
         if to_server:
-            method = _request_method(buf[pos : pos + 4096])
-            if method is None:
+            line = REQUEST_LINE.match(buf, pos, pos + 4096)
+            if line is None or line.group(1) not in METHODS:
                 if buf.find(b"\n", pos, pos + 4096) < 0 and end - pos < 4096:
                     break  # a request line still arriving
                 if strict:
@@ -117,7 +118,8 @@ def parse(buf: bytes, to_server: bool, strict: bool = False):
                 if (pos := _resync(buf, pos, NEXT_REQUEST)) >= end - 16:
                     break
                 continue
-            if not REQUEST_LINE.match(buf, pos).group(0).rstrip().endswith((b"HTTP/1.0", b"HTTP/1.1")):
+            method = line.group(1)
+            if not line.group(0).rstrip().endswith((b"HTTP/1.0", b"HTTP/1.1")):
                 commands.append(("http", method.decode()))  # HTTP/0.9 and HTTP/2-less lines: no headers
                 pos = buf.index(b"\n", pos) + 1
                 continue
@@ -129,7 +131,7 @@ def parse(buf: bytes, to_server: bool, strict: bool = False):
             if (pos := _resync(buf, pos, NEXT_RESPONSE)) >= end - 16:
                 break
             continue
-        head = _head(buf, pos)
+        head = _head(buf, pos, REQUEST_HEADERS if to_server else RESPONSE_HEADERS)
         if head is None:
             break
         head_end, headers = head
