@@ -15,6 +15,7 @@ from .connections import ConnectionTable
 from .decode import IPPROTO_TCP, LINKTYPE_ETHERNET, DecodeError, Decoder, Packet
 from .flows import FlowTable
 from .protocols.registry import ANALYZERS
+from .readers import FrameBatch
 
 CHUNK = 65536  # frames per fast-path step (flow lookups are per flow direction per chunk)
 FOLD_EVERY = 1 << 18  # packets between folds of flow counters into the table (and flow eviction)
@@ -59,11 +60,10 @@ class Engine:
             self._process(batch)
 
     def _process(self, batch) -> None:
-        linktype, data = batch.linktype, memoryview(batch.data)
-        offsets, caplens = batch.offsets.tolist(), batch.caplens.tolist()
-        wirelens, stamps = batch.wirelens.tolist(), batch.ts_ns.tolist()
+        linktype = batch.linktype
+        count = len(batch.offsets)
         deferred = None
-        if self.fast is not None and linktype == LINKTYPE_ETHERNET and len(offsets) >= MIN_BATCH:
+        if self.fast is not None and linktype == LINKTYPE_ETHERNET and count >= MIN_BATCH:
             self.decoder.non_ip += self.fast.non_ip(batch)
             self.fast.stateless(batch)
             headers = self.fast.headers(batch)
@@ -72,42 +72,47 @@ class Engine:
                 frames = self.fast.early(batch, limit)
                 if not len(frames):
                     break
-                self._scalar(linktype, data, frames.tolist(), offsets, caplens, wirelens, stamps, headers)
+                self._scalar(batch, frames, headers)
                 early.append(frames)
             early = np.concatenate(early) if early else np.zeros(0, np.int64)
             scalar, deferred = self.fast.split(batch, done=early)
-            indices = scalar.tolist()
-        else:
-            headers, indices = None, range(len(offsets))
-        self._scalar(linktype, data, indices, offsets, caplens, wirelens, stamps, headers)
-        if deferred is not None:
+            self._scalar(batch, scalar, headers)
             self.fast.finish(deferred)
-        count = len(offsets)
+        else:
+            self._scalar(batch, np.arange(count))
         self.packets += count
-        self.bytes += sum(wirelens)
+        self.bytes += int(batch.wirelens.sum())
         self._since_fold += count
         if self._since_fold >= FOLD_EVERY:
             self.fold()
 
-    def _scalar(self, linktype, data, indices, offsets, caplens, wirelens, stamps, headers=None) -> None:
-        """The per-packet path, in capture order, for the frames the fast path left.  ``headers``: the
-        fast path's header arrays of this batch; TCP/IPv4 frames it could read are not decoded again."""
+    def _scalar(self, batch, indices: np.ndarray, headers=None) -> None:
+        """The per-packet path, in capture order, for the frames ``indices`` of the batch that the fast
+        path left.  ``headers``: the fast path's header arrays of this batch; TCP/IPv4 frames it could
+        read are not decoded again."""
+        if not len(indices):
+            return
         decode = self.decoder.decode
         process = self.flows.process
         errors = self.errors
-        read = _read_tcp(headers, indices) if headers is not None else repeat(None)
-        for i, fields in zip(indices, read):
+        linktype, data = batch.linktype, memoryview(batch.data)
+        rows = zip(
+            batch.offsets[indices].tolist(),
+            batch.caplens[indices].tolist(),
+            batch.ts_ns[indices].tolist(),
+            batch.wirelens[indices].tolist(),
+            _read_tcp(headers, indices) if headers is not None else repeat(None),
+        )
+        for offset, caplen, stamp, wirelen, fields in rows:
             if fields is not None:
                 src, dst, sport, dport, flags, seq, start, length = fields
-                mac = offsets[i] + 6
                 packet = Packet(
                     src.to_bytes(4, "big"), dst.to_bytes(4, "big"), IPPROTO_TCP, sport, dport, flags, seq,
-                    data[start : start + length], bytes(data[mac : mac + 6]),
+                    data[start : start + length], bytes(data[offset + 6 : offset + 12]),
                 )  # fmt: skip
             else:
-                start = offsets[i]
                 try:
-                    packet = decode(linktype, data[start : start + caplens[i]])
+                    packet = decode(linktype, data[offset : offset + caplen])
                 except DecodeError as error:
                     errors[error.layer] = errors.get(error.layer, 0) + 1
                     continue
@@ -116,14 +121,15 @@ class Engine:
                     continue
                 if packet is None:
                     continue
-            process(packet, stamps[i], wirelens[i])
+            process(packet, stamp, wirelen)
 
     def process_frame(self, linktype: int, frame: bytes, ts_ns: int, wirelen: int | None = None) -> None:
         """One frame through the per-packet path (tests and callers without batches)."""
         wirelen = wirelen or len(frame)
         self.packets += 1
         self.bytes += wirelen
-        self._scalar(linktype, memoryview(frame), [0], [0], [len(frame)], [wirelen], [ts_ns])
+        one = np.zeros(1, np.int64)
+        self._scalar(FrameBatch(linktype, frame, one, one + len(frame), one + wirelen, one + ts_ns), one)
 
     def fold(self, evict: bool = True) -> None:
         self.flows.fold(evict)
