@@ -276,12 +276,12 @@ class FastPath:
         # Group packets by 5-tuple: addresses in one int64 key, ports and protocol in another.
         high = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
         low = sport << 24 | dport << 8 | proto
-        order = np.lexsort((low, high))
-        sorted_high, sorted_low = high[order], low[order]
-        starts = np.ones(len(order), bool)
+        by_group = np.lexsort((low, high))  # stable: capture order within each group
+        sorted_high, sorted_low = high[by_group], low[by_group]
+        starts = np.ones(len(by_group), bool)
         starts[1:] = (sorted_high[1:] != sorted_high[:-1]) | (sorted_low[1:] != sorted_low[:-1])
-        group = np.empty(len(order), np.int64)
-        group[order] = np.cumsum(starts) - 1
+        group = np.empty(len(by_group), np.int64)
+        group[by_group] = np.cumsum(starts) - 1
         unique = zip(sorted_high[starts].tolist(), sorted_low[starts].tolist())
 
         # One dictionary lookup per flow direction, not per packet; results in lists, then arrays.
@@ -363,12 +363,9 @@ class FastPath:
         # that prefix are named from a table; the rest of it is parsed as one run per direction.
         fast = np.zeros(len(frames), bool)
         commands: list = []
-        candidates = np.flatnonzero(payload & runs[group])
-        if len(candidates):
-            cand_group = group[candidates]
-            order = np.argsort(cand_group, kind="stable")
-            positions = candidates[order]
-            g = cand_group[order]
+        positions = by_group[(payload & runs[group])[by_group]]  # grouped, in capture order within
+        if len(positions):
+            g = group[positions]
             lengths = length[positions]
             first = np.ones(len(g), bool)
             first[1:] = g[1:] != g[:-1]
@@ -414,25 +411,20 @@ class FastPath:
         leftover[frames[handled]] = False
         if done is not None:
             leftover[done] = False
-        update = []
+        update = ()
         if handled.any():
-            sel = np.flatnonzero(handled)
+            sel = by_group[handled[by_group]]
             sel_group = group[sel]
-            order = np.argsort(sel_group, kind="stable")
-            sel, sel_group = sel[order], sel_group[order]
             cuts = np.flatnonzero(np.r_[True, sel_group[1:] != sel_group[:-1]])
             stamps = batch.ts_ns[frames[sel]]
             sizes = batch.wirelens[frames[sel]]
-            update = list(
-                zip(
-                    sel_group[cuts].tolist(),
-                    np.diff(np.r_[cuts, len(sel)]).tolist(),
-                    np.add.reduceat(sizes, cuts).tolist(),
-                    np.minimum.reduceat(stamps, cuts).tolist(),
-                    np.maximum.reduceat(stamps, cuts).tolist(),
-                )
+            update = zip(
+                [owners[j] for j in sel_group[cuts].tolist()],
+                np.diff(np.r_[cuts, len(sel)]).tolist(),
+                np.add.reduceat(sizes, cuts).tolist(),
+                np.minimum.reduceat(stamps, cuts).tolist(),
+                np.maximum.reduceat(stamps, cuts).tolist(),
             )
-            update = [(owners[j], n, size, low, high) for j, n, size, low, high in update]
         return np.flatnonzero(leftover), (update, commands)
 
     def _runs(self, batch, starts, lengths, ends, groups, owners, streams, fast, positions) -> None:
