@@ -20,7 +20,7 @@ TCP_SYN = 0x02
 MIN_BATCH = 256  # below this the scalar path is as fast
 # Rounds of packets of new or undecided flows that run through the scalar path first (handshake,
 # first PDUs: most protocols decide on the fourth packet, S7comm after COTP on the sixth).
-EARLY_ROUNDS = (4, 2, 2)
+EARLY_ROUNDS = (1, 1, 2, 4)
 
 
 class Headers:
@@ -102,6 +102,20 @@ def _prefix(ok: np.ndarray, group_start: np.ndarray) -> np.ndarray:
     return (bad - bad[group_start] + (~ok)[group_start]) == 0
 
 
+class _Early:
+    """Per batch: readable frames grouped by flow (``ordered``: frame indices, flow by flow, capture
+    order within; ``group``: each position's flow; ``starts``/``sizes``: each flow's slice; ``keys``:
+    each flow's first 5-tuple as sent), which positions ran already and the flows still to look at."""
+
+    __slots__ = ("batch", "ordered", "group", "starts", "sizes", "keys", "pure_ack", "consumed", "candidates")
+
+
+def _group_address(address: np.ndarray) -> np.ndarray:
+    """Multicast, limited broadcast and 0.0.0.0, as flows.is_group_address (IPv4)."""
+    first_octet = address >> 24
+    return ((first_octet >= 224) & (first_octet <= 239)) | (address == 0xFFFFFFFF) | (address == 0)
+
+
 class FastPath:
     def __init__(self, flows: FlowTable, analyzers) -> None:
         self.flows = flows
@@ -133,15 +147,7 @@ class FastPath:
         what the flow table would decide for a flow without a handshake."""
         h = self.headers(batch)
         src, dst, sport, dport = h.src, h.dst, h.sport, h.dport
-        first_octet_src, first_octet_dst = src >> 24, dst >> 24
-        group = (
-            ((first_octet_dst >= 224) & (first_octet_dst <= 239))
-            | (dst == 0xFFFFFFFF)
-            | (dst == 0)
-            | ((first_octet_src >= 224) & (first_octet_src <= 239))
-            | (src == 0xFFFFFFFF)
-            | (src == 0)
-        )
+        group = _group_address(src) | _group_address(dst)
         wanted = h.good & (h.proto == 17) & (sport != dport) & ~group
         wanted &= ~self.analyzer_udp_port[sport & 0xFFFF] & ~self.analyzer_udp_port[dport & 0xFFFF]
         frames = np.flatnonzero(wanted)
@@ -208,54 +214,121 @@ class FastPath:
         if high.max() > self.flows.now_ns:
             self.flows.now_ns = int(high.max())
 
+    def _flows_of(self, batch) -> _Early:
+        """The batch's readable frames grouped by flow (both directions), for handshakes and early."""
+        if self._early is not None and self._early.batch is batch:
+            return self._early
+        h = self.headers(batch)
+        frames = np.flatnonzero(h.good)
+        one = (h.src[frames].astype(np.uint64) << np.uint64(16)) | h.sport[frames].astype(np.uint64)
+        other = (h.dst[frames].astype(np.uint64) << np.uint64(16)) | h.dport[frames].astype(np.uint64)
+        low, high, proto = np.minimum(one, other), np.maximum(one, other), h.proto[frames]
+        order = np.lexsort((proto, high, low))  # stable: capture order within each flow
+        first = np.ones(len(order), bool)
+        first[1:] = (
+            (low[order][1:] != low[order][:-1])
+            | (high[order][1:] != high[order][:-1])
+            | (proto[order][1:] != proto[order][:-1])
+        )
+        e = self._early = _Early()
+        e.batch, e.ordered = batch, frames[order]
+        e.starts = np.flatnonzero(first)
+        e.group = np.cumsum(first) - 1
+        e.sizes = np.diff(np.r_[e.starts, len(order)])
+        at = e.ordered[e.starts]
+        e.keys = list(
+            zip(
+                [a.to_bytes(4, "big") for a in h.src[at].tolist()],
+                [a.to_bytes(4, "big") for a in h.dst[at].tolist()],
+                h.sport[at].tolist(),
+                h.dport[at].tolist(),
+                h.proto[at].tolist(),
+            )
+        )
+        flags, length = h.flags[e.ordered], h.length[e.ordered]
+        e.pure_ack = (h.proto[e.ordered] == 6) & ((flags & TCP_CONTROL) == 0) & (length == 0)
+        e.consumed = np.zeros(len(order), bool)
+        e.candidates = range(len(e.keys))
+        return e
+
+    def handshakes(self, batch) -> np.ndarray:
+        """New TCP flows whose first two packets are a SYN and its SYN-ACK, neither with payload:
+        opened here, as the per-packet path would open them.  Returns the frames taken."""
+        h = self.headers(batch)
+        e = self._flows_of(batch)
+        starts = e.starts[e.sizes >= 2]
+        syn, reply = e.ordered[starts], e.ordered[starts + 1]
+        src, dst = h.src[syn], h.dst[syn]
+        chosen = (
+            (h.proto[syn] == 6)
+            & ((h.flags[syn] & 0x17) == TCP_SYN)  # SYN alone (no ACK, FIN, RST)
+            & ((h.flags[reply] & 0x17) == TCP_SYN | 0x10)  # SYN-ACK
+            & (h.length[syn] == 0)
+            & (h.length[reply] == 0)
+            & (h.src[reply] == dst)
+            & (h.sport[reply] == h.dport[syn])
+            & ~_group_address(src)
+            & ~_group_address(dst)
+        )
+        if not chosen.any():
+            return np.zeros(0, np.int64)
+        starts, syn, reply = starts[chosen], syn[chosen], reply[chosen]
+        buf = np.frombuffer(batch.data, dtype=np.uint8)
+        macs = [bytes(buf[o + 6 : o + 12]) for o in batch.offsets[np.r_[syn, reply]].tolist()]
+        entries, flows = self.flows.entries, self.flows
+        taken = []
+        rows = zip(
+            e.group[starts].tolist(),
+            h.sport[syn].tolist(),
+            h.dport[syn].tolist(),
+            h.seq[syn].tolist(),
+            h.seq[reply].tolist(),
+            batch.ts_ns[syn].tolist(),
+            batch.ts_ns[reply].tolist(),
+            (batch.wirelens[syn] + batch.wirelens[reply]).tolist(),
+            macs[: len(syn)],
+            macs[len(syn) :],
+        )
+        for position, (g, sport, dport, seq, ack_seq, first, last, size, mac, reply_mac) in enumerate(rows):
+            key = e.keys[g]
+            if key in entries:
+                continue
+            flows.open_handshake(key[0], key[1], sport, dport, (seq, ack_seq), (mac, reply_mac), first, max(first, last), size)
+            taken.append(position)
+        taken = np.array(taken, np.int64)
+        e.consumed[starts[taken]] = True
+        e.consumed[starts[taken] + 1] = True
+        return np.sort(np.r_[syn[taken], reply[taken]])
+
     def early(self, batch, limit: int) -> np.ndarray:
         """The next ``limit`` packets, in capture order, of each flow the table does not know yet or
         whose protocol is still undecided; each call (a round) continues where the last one stopped.
+        Pure ACKs of a flow whose both MACs are recorded only count: they are left to split().
 
         Flows are independent of each other, so running these through the scalar path first (it
         creates the flow, sees the handshake, decides the protocol) lets the rest of the flow's
         packets in the same chunk take the fast path without changing any result."""
-        h = self.headers(batch)
-        if self._early is None or self._early[0] is not batch:
-            frames = np.flatnonzero(h.good)
-            one = (h.src[frames].astype(np.uint64) << np.uint64(16)) | h.sport[frames].astype(np.uint64)
-            other = (h.dst[frames].astype(np.uint64) << np.uint64(16)) | h.dport[frames].astype(np.uint64)
-            low, high, proto = np.minimum(one, other), np.maximum(one, other), h.proto[frames]
-            order = np.lexsort((proto, high, low))
-            first = np.ones(len(order), bool)
-            first[1:] = (
-                (low[order][1:] != low[order][:-1])
-                | (high[order][1:] != high[order][:-1])
-                | (proto[order][1:] != proto[order][:-1])
-            )
-            group = np.cumsum(first) - 1  # per sorted position: its flow's number
-            starts = np.flatnonzero(first)
-            rank = np.arange(len(order)) - starts[group]
-            sizes = np.diff(np.r_[starts, len(order)])
-            at = frames[order[starts]]
-            keys = list(
-                zip(
-                    [a.to_bytes(4, "big") for a in h.src[at].tolist()],
-                    [a.to_bytes(4, "big") for a in h.dst[at].tolist()],
-                    h.sport[at].tolist(),
-                    h.dport[at].tolist(),
-                    h.proto[at].tolist(),
-                )
-            )
-            self._early = [batch, frames[order], group, rank, sizes, keys, 0, range(len(keys))]
-        _, ordered, group, rank, sizes, keys, taken, candidates = self._early
+        e = self._flows_of(batch)
         entries = self.flows.entries
-        chosen = []
-        for g in candidates:
-            entry = entries.get(keys[g])
-            if entry is None or entry[0].analyzer is None:
-                chosen.append(g)
-        wanted = np.zeros(len(keys), bool)
-        wanted[chosen] = True
-        pick = wanted[group] & (rank >= taken) & (rank < taken + limit)
-        taken += limit
-        self._early[6:] = taken, np.flatnonzero(wanted & (sizes > taken)).tolist()
-        return np.sort(ordered[pick])
+        wanted, quiet = [], []  # flows to take packets of; of those, the ones whose pure ACKs wait
+        for g in e.candidates:
+            entry = entries.get(e.keys[g])
+            if entry is None:
+                wanted.append(g)
+            elif entry[0].analyzer is None:
+                wanted.append(g)
+                if entry[0].macs == 3:
+                    quiet.append(g)
+        want = np.zeros(len(e.keys), bool)
+        want[wanted] = True
+        wait = np.zeros(len(e.keys), bool)
+        wait[quiet] = True
+        eligible = ~e.consumed & want[e.group] & ~(e.pure_ack & wait[e.group])
+        before = np.cumsum(eligible) - eligible  # eligible packets before each position
+        pick = eligible & (before - before[e.starts][e.group] < limit)
+        e.consumed |= pick
+        e.candidates = wanted
+        return np.sort(e.ordered[pick])
 
     def split(self, batch, done: np.ndarray | None = None) -> tuple[np.ndarray, list]:
         """Handle what the fast path can; returns the frame indices left for the scalar path (in

@@ -67,14 +67,14 @@ class Engine:
             self.decoder.non_ip += self.fast.non_ip(batch)
             self.fast.stateless(batch)
             headers = self.fast.headers(batch)
-            early = []
+            early = [self.fast.handshakes(batch)]
             for limit in EARLY_ROUNDS:
                 frames = self.fast.early(batch, limit)
                 if not len(frames):
                     break
                 self._scalar(batch, frames, headers)
                 early.append(frames)
-            early = np.concatenate(early) if early else np.zeros(0, np.int64)
+            early = np.concatenate(early)
             scalar, deferred = self.fast.split(batch, done=early)
             self._scalar(batch, scalar, headers)
             self.fast.finish(deferred)

@@ -115,8 +115,10 @@ class FlowTable:
             flow.first_ns = ts_ns
         flow.packets += 1
         flow.bytes += wirelen
-        flow.last_ns = ts_ns
-        self.now_ns = ts_ns
+        if ts_ns > flow.last_ns:  # the latest time, also where the fast path took packets out of order
+            flow.last_ns = ts_ns
+        if ts_ns > self.now_ns:
+            self.now_ns = ts_ns
         if proto == IPPROTO_TCP:
             if flags & (TCP_SYN | TCP_FIN | TCP_RST):
                 to_server = self._control(flow, to_server, packet)
@@ -137,9 +139,24 @@ class FlowTable:
         else:
             from_initiator = initiator_is_source(sport, dport)
         if from_initiator:
-            flow = Flow(src, dst, sport, dport, proto)
-        else:
-            flow = Flow(dst, src, dport, sport, proto)
+            return self._create(src, dst, sport, dport, proto), True
+        return self._create(dst, src, dport, sport, proto), False
+
+    def open_handshake(self, client, server, client_port, server_port, seqs, macs, first_ns, last_ns, size):
+        """A new TCP flow whose first two packets are a SYN and its SYN-ACK (no payload): what
+        :meth:`process` makes of the two (the fast path hands them over together)."""
+        flow = self._create(client, server, client_port, server_port, IPPROTO_TCP)
+        flow.handshake = True
+        flow.streams[0].reset((seqs[0] + 1) & SEQ_MASK)
+        flow.streams[1].reset((seqs[1] + 1) & SEQ_MASK)
+        flow.packets, flow.bytes, flow.first_ns, flow.last_ns = 2, size, first_ns, last_ns
+        self._record_mac(flow, True, macs[0])
+        self._record_mac(flow, False, macs[1])
+        if last_ns > self.now_ns:
+            self.now_ns = last_ns
+
+    def _create(self, client: bytes, server: bytes, client_port: int, server_port: int, proto: int) -> Flow:
+        flow = Flow(client, server, client_port, server_port, proto)
         # Either port may be the protocol's: a PLC that dials out from 502 still speaks Modbus.
         if proto == IPPROTO_TCP:
             candidates = TCP_CANDIDATES.get(flow.server_port, ()) + TCP_CANDIDATES.get(flow.client_port, ())
@@ -151,7 +168,7 @@ class FlowTable:
             flow.analyzer = NOT_RECOGNISED
             self.plain_udp += proto == IPPROTO_UDP
         self._index(flow)
-        return flow, from_initiator
+        return flow
 
     def _index(self, flow: Flow) -> None:
         self.entries[(flow.client, flow.server, flow.client_port, flow.server_port, flow.proto)] = (flow, True)
