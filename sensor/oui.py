@@ -13,11 +13,8 @@ from importlib import resources
 @cache
 def _table() -> dict[str, str]:
     data = resources.files("sensor").joinpath("data/oui.tsv.gz").read_bytes()
-    table = {}
-    for line in gzip.decompress(data).decode("utf-8").splitlines():
-        prefix, _, vendor = line.partition("\t")
-        table[prefix] = vendor
-    return table
+    fields = gzip.decompress(data).decode("utf-8").strip("\n").replace("\n", "\t").split("\t")
+    return dict(zip(fields[::2], fields[1::2]))  # "prefix<TAB>vendor" lines, no tab in a vendor
 
 
 def vendor(mac: str) -> str | None:
