@@ -3,7 +3,7 @@
     python bench/ingest.py [--packets N] [--file F] [--keep] [--json]
                            [--seed S] [--connections C] [--scapy-packets N]
                            [--skip otsensor|tshark|scapy|dpkt|memory] [--timeout S]
-                           [--otsensor CMD]
+                           [--otsensor CMD] [--repeat N]
 
 Makes (or reuses: cached in $TMPDIR/otsensor-bench/, keyed by mix version, size,
 connections and seed) the synthetic OT mix of ``bench/mix.py`` and, in one run,
@@ -14,6 +14,9 @@ measures on the same file:
   wall time, CPU time, packets/s (mix packets / wall), peak RSS, and the
   ``packetsPerSecond`` it reports itself;
 * tshark    -- ``tshark -r F -T fields -e frame.number -e ip.src ... > /dev/null``;
+  otsensor and tshark run ``--repeat`` times (3), taking turns, and the run with the median
+  wall time of each is reported (with every run's wall time): a shared machine's slow spells
+  then weigh on both alike;
 * scapy     -- ``PcapReader`` + dissection (IP src/dst, TCP/UDP ports) over the
   first ``--scapy-packets`` (50,000) packets; the rate excludes scapy's import;
 * dpkt      -- the same over the whole file, only if dpkt is importable;
@@ -556,6 +559,17 @@ def fmt_f(v, nd=2) -> str:
     return ("{:,.%df}" % nd).format(v) if isinstance(v, (int, float)) else "-"
 
 
+def _median(results: list) -> dict:
+    """The run with the median wall time (a failed run wins: it is reported), with every run's wall."""
+    failed = [r for r in results if not r.get("ok")]
+    if failed:
+        return failed[0]
+    ordered = sorted(results, key=lambda r: r["wallSeconds"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["runWallSeconds"] = [r["wallSeconds"] for r in results]
+    return median
+
+
 def table(report: dict) -> str:
     m, mx = report["machine"], report["mix"]
     lines = [
@@ -601,6 +615,10 @@ def table(report: dict) -> str:
             note = "FAILED: %s" % r.get("error")
         elif key.startswith("otsensor"):
             note = "reports %s packets/s" % fmt_int(r.get("reportedPacketsPerSecond"))
+            if len(r.get("runWallSeconds") or ()) > 1:
+                note = "median of walls %s s; %s" % (" ".join("%.2f" % w for w in r["runWallSeconds"]), note)
+        elif key == "tshark" and len(r.get("runWallSeconds") or ()) > 1:
+            note = "median of walls %s s; %s" % (" ".join("%.2f" % w for w in r["runWallSeconds"]), r.get("version") or "")
         elif key == "scapy":
             note = "first %s packets; rate over the loop (import %.1f s)" % (
                 fmt_int(r.get("packets")),
@@ -692,6 +710,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--timeout", type=float, default=3600, help="per tool, seconds (default 3600)")
     ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of otsensor and tshark, interleaved; the median run of each is reported (default 3)",
+    )
+    ap.add_argument(
         "--otsensor", metavar="CMD", help="command to run instead of otsensor (shell-split), e.g. 'python -m sensor'"
     )
     a = ap.parse_args(argv)
@@ -742,21 +766,24 @@ def main(argv=None) -> int:
         log("warming the page cache")
         warm(path)
         res = report["results"]
-        if "otsensor" in a.skip:
-            res["otsensor"] = {"skipped": "--skip otsensor"}
-        else:
-            res["otsensor"] = bench_otsensor(
-                path, packets, workdir, "1x", a.timeout, None if a.file else frame_bytes(path, packets)
-            )
+        # otsensor and tshark take turns, so that a slow spell of a shared machine hits both alike
+        runs: dict[str, list] = {"otsensor": [], "tshark": []}
+        for turn in range(max(a.repeat, 1)):
+            if "otsensor" not in a.skip:
+                runs["otsensor"].append(
+                    bench_otsensor(
+                        path, packets, workdir, "1x-%d" % turn, a.timeout, None if a.file else frame_bytes(path, packets)
+                    )
+                )
+            if "tshark" not in a.skip:
+                runs["tshark"].append(bench_tshark(path, packets, a.timeout))
+        for key, measured in runs.items():
+            res[key] = _median(measured) if measured else {"skipped": "--skip %s" % key}
         if mix2:
             warm(mix2["path"])
             res["otsensor2x"] = bench_otsensor(
                 mix2["path"], mix2["packets"], workdir, "2x", a.timeout, frame_bytes(mix2["path"], mix2["packets"])
             )
-        if "tshark" in a.skip:
-            res["tshark"] = {"skipped": "--skip tshark"}
-        else:
-            res["tshark"] = bench_tshark(path, packets, a.timeout)
         if "scapy" in a.skip:
             res["scapy"] = {"skipped": "--skip scapy"}
         elif importlib.util.find_spec("scapy") is None:
