@@ -618,7 +618,10 @@ def table(report: dict) -> str:
             if len(r.get("runWallSeconds") or ()) > 1:
                 note = "median of walls %s s; %s" % (" ".join("%.2f" % w for w in r["runWallSeconds"]), note)
         elif key == "tshark" and len(r.get("runWallSeconds") or ()) > 1:
-            note = "median of walls %s s; %s" % (" ".join("%.2f" % w for w in r["runWallSeconds"]), r.get("version") or "")
+            note = "median of walls %s s; %s" % (
+                " ".join("%.2f" % w for w in r["runWallSeconds"]),
+                r.get("version") or "",
+            )
         elif key == "scapy":
             note = "first %s packets; rate over the loop (import %.1f s)" % (
                 fmt_int(r.get("packets")),
@@ -772,7 +775,12 @@ def main(argv=None) -> int:
             if "otsensor" not in a.skip:
                 runs["otsensor"].append(
                     bench_otsensor(
-                        path, packets, workdir, "1x-%d" % turn, a.timeout, None if a.file else frame_bytes(path, packets)
+                        path,
+                        packets,
+                        workdir,
+                        "1x-%d" % turn,
+                        a.timeout,
+                        None if a.file else frame_bytes(path, packets),
                     )
                 )
             if "tshark" not in a.skip:

@@ -1,11 +1,13 @@
 """Vectorised fast path: numpy over a whole batch of Ethernet frames, Python only where state changes.
 
-Owns the common case — Ethernet (one optional 802.1Q tag), IPv4 without options or fragments, TCP/UDP
-— for packets of flows the flow table already knows: pure ACKs and traffic of unrecognised flows
-become counter sums, and in-order segments that each hold exactly one simple PDU (the analyzers'
-``batch`` framing checks) are named from a table.  Everything else, and every packet whose order
-matters (handshakes, FIN/RST, the first packets of a flow, gaps, partial PDUs), goes to the scalar
-path in capture order.  Results are identical to the scalar path alone; tests hold it to that.
+Owns the common case — Ethernet (up to two VLAN tags), IPv4 without options or fragments, TCP/UDP:
+non-IP frames and UDP no analyzer wants become counts and connection facts without a flow; new TCP
+flows that start with SYN + SYN-ACK are opened at once; the first payload packets of undecided flows
+run through the scalar path first (in rounds); then, per flow direction, pure ACKs, FIN/RST and
+unrecognised flows become counter sums, in-order single-PDU segments are named from a table (the
+analyzers' ``batch`` checks) and the rest of each in-order prefix is parsed as one run.  Everything
+else — gaps, retransmissions, SYNs inside a flow, runs whose parse fails — goes to the scalar path in
+capture order.  Never changes a result: tests hold it to the scalar path's.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from .protocols.registry import SERVER_PORTS
 TCP_CONTROL = 0x07  # FIN, SYN, RST: they change flow state
 TCP_SYN = 0x02
 MIN_BATCH = 256  # below this the scalar path is as fast
-# Rounds of packets of new or undecided flows that run through the scalar path first (handshake,
-# first PDUs: most protocols decide on the fourth packet, S7comm after COTP on the sixth).
+# Rounds of packets of new or undecided flows that run through the scalar path first, after the
+# handshakes: most protocols decide on the first payload packet, S7comm after COTP's CR and CC.
 EARLY_ROUNDS = (1, 1, 2, 4)
 
 
@@ -49,11 +51,9 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     # Up to two tags (QinQ); a third is left to decode.py.
     ethertype = u16(base + 12)
     l3 = base + 14
-    tags = np.zeros(len(offsets), np.int64)
     for _ in range(2):
         tagged = np.isin(ethertype, TAGS) & (caplens >= l3 - base + 4)
         l3 = l3 + 4 * tagged
-        tags += tagged
         ethertype = np.where(tagged, u16(l3 - 2), ethertype)
     h = Headers()
     h.non_ip = (caplens >= 14) & ~np.isin(ethertype, CARRIERS)
@@ -188,9 +188,7 @@ class FastPath:
         high = np.maximum.reduceat(stamps[order], cuts)
         table = self.flows.table
         connections = []
-        for (c, v), n, b, first, last in zip(
-            pairs, packets.tolist(), size.tolist(), low.tolist(), high.tolist()
-        ):
+        for (c, v), n, b, first, last in zip(pairs, packets.tolist(), size.tolist(), low.tolist(), high.tolist()):
             connection = table.connection(c.to_bytes(4, "big"), v.to_bytes(4, "big"))
             connection.packets += n
             connection.bytes += int(b)
@@ -293,7 +291,9 @@ class FastPath:
             key = e.keys[g]
             if key in entries:
                 continue
-            flows.open_handshake(key[0], key[1], sport, dport, (seq, ack_seq), (mac, reply_mac), first, max(first, last), size)
+            flows.open_handshake(
+                key[0], key[1], sport, dport, (seq, ack_seq), (mac, reply_mac), first, max(first, last), size
+            )
             taken.append(position)
         taken = np.array(taken, np.int64)
         e.consumed[starts[taken]] = True
@@ -475,7 +475,9 @@ class FastPath:
                     if name is not None:
                         commands.append((flows[key >> 24], name))
             if run.any():
-                self._runs(batch, start[positions[run]], lengths[run], ends[run], g[run], owners, streams, fast, positions[run])
+                self._runs(
+                    batch, start[positions[run]], lengths[run], ends[run], g[run], owners, streams, fast, positions[run]
+                )
 
         handled = bulk | fast
         for j in np.unique(group[handled & control]).tolist():
