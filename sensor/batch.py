@@ -436,7 +436,10 @@ class FastPath:
         # that prefix are named from a table; the rest of it is parsed as one run per direction.
         fast = np.zeros(len(frames), bool)
         commands: list = []
-        positions = by_group[(payload & runs[group])[by_group]]  # grouped, in capture order within
+        # A SYN inside a flow may swap its initiator: commands before and after it belong to different
+        # connections, so such a flow's segments all go through the per-packet path in capture order.
+        steady = ~syn_flow[flow_of_group[group]]
+        positions = by_group[(payload & runs[group] & steady)[by_group]]  # grouped, capture order within
         if len(positions):
             g = group[positions]
             lengths = length[positions]
