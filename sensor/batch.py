@@ -292,7 +292,7 @@ class FastPath:
             if key in entries:
                 continue
             flows.open_handshake(
-                key[0], key[1], sport, dport, (seq, ack_seq), (mac, reply_mac), first, max(first, last), size
+                key[0], key[1], sport, dport, (seq, ack_seq), (mac, reply_mac), min(first, last), max(first, last), size
             )
             taken.append(position)
         taken = np.array(taken, np.int64)

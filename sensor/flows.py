@@ -111,7 +111,7 @@ class FlowTable:
             flow, to_server = self._new_flow(packet)
         else:
             flow, to_server = entry
-        if not flow.packets:
+        if not flow.packets or ts_ns < flow.first_ns:  # the earliest time: stamps may go backwards
             flow.first_ns = ts_ns
         flow.packets += 1
         flow.bytes += wirelen

@@ -106,10 +106,10 @@ PAYLOADS = {
 }
 FLAGS = {"syn": 0x02, "syn-ack": 0x12, "ack": 0x10, "data": 0x18, "fin": 0x11, "rst": 0x14}
 SEQ = ("next", "next", "next", "retransmit", "gap")
-SERVER_PORTS = (502, 80, 8080, 4000)
+SERVER_PORTS = (502, 80, 8080, 4000, 53, 48899)  # flows 4 and 5 are UDP
 
 event = st.tuples(
-    st.integers(0, 3),  # flow
+    st.integers(0, 5),  # flow
     st.booleans(),  # sent by the client
     st.sampled_from(sorted(FLAGS)),
     st.sampled_from(sorted(PAYLOADS)),
@@ -133,20 +133,28 @@ def _frames(events, vlan: bool) -> list[bytes]:
         seqs[key] = (seq + len(payload) + (1 if kind in ("syn", "syn-ack") else 0)) & 0xFFFFFFFF
         src, dst = (client, server) if from_client else (server, client)
         sport, dport = (client_port, server_port) if from_client else (server_port, client_port)
-        tcp = struct.pack(">HHIIBBHHH", sport, dport, seq, 0, 0x50, FLAGS[kind], 65535, 0, 0)
-        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0, 64, 6, 0, src, dst)
+        if flow >= 4:
+            transport, proto = struct.pack(">HHHH", sport, dport, 8 + len(payload), 0), 17
+        else:
+            transport, proto = struct.pack(">HHIIBBHHH", sport, dport, seq, 0, 0x50, FLAGS[kind], 65535, 0, 0), 6
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(transport) + len(payload), 0, 0, 64, proto, 0, src, dst)
         mac = bytes([2, 0, 0, 0, 0, src[3]])
         link = b"\x00\x00\x5e\x00\x00\x01" + mac + (b"\x81\x00\x00\x05" if vlan else b"") + b"\x08\x00"
-        frames.append(link + ip + tcp + payload)
+        frames.append(link + ip + transport + payload)
     return frames
 
 
-def _table_of(frames, vectorised: bool):
+def _table_of(frames, vectorised: bool, jitter=(0,), batches: int = 1):
     engine = Engine(vectorised=vectorised)
     lengths = np.array([len(f) for f in frames], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     stamps = 1_700_000_000 * 10**9 + np.arange(len(frames), dtype=np.int64) * 1000
-    engine.process_batch(FrameBatch(1, b"".join(frames), offsets, lengths, lengths.copy(), stamps))
+    stamps += np.resize(np.array(jitter, np.int64), len(frames))  # some frames stamped out of order
+    data = b"".join(frames)
+    for part in np.array_split(np.arange(len(frames)), batches):
+        if len(part):
+            chosen = (offsets[part], lengths[part], lengths[part].copy(), stamps[part])
+            engine.process_batch(FrameBatch(1, data, *chosen))
     delta = engine.take_delta()
     connections = {
         k: (sorted(c.ports), {p: sorted(v) for p, v in c.protocols.items()}, c.discovered_ns, c.last_seen_ns)
@@ -166,15 +174,18 @@ def _table_of(frames, vectorised: bool):
     st.sets(st.integers(0, 3)),
     st.booleans(),
     st.sampled_from([4, 16, 65536]),
+    st.lists(st.integers(-3000, 0), min_size=1, max_size=5),
+    st.integers(1, 3),
 )
-def test_random_conversations_give_the_scalar_result(events, handshakes, vlan, chunk):
-    """SYNs, SYN-ACKs, FIN/RST, retransmissions, gaps, split and doubled PDUs, identity, HTTP bodies and
-    garbage, in any order over a few flows (some opened by a proper handshake); chunks cut anywhere:
-    the fast path's table equals the scalar one."""
+def test_random_conversations_give_the_scalar_result(events, handshakes, vlan, chunk, jitter, batches):
+    """SYNs, SYN-ACKs, FIN/RST, retransmissions, gaps, split and doubled PDUs, identity, HTTP bodies,
+    garbage and UDP, in any order over a few flows (some opened by a proper handshake), timestamps
+    partly out of order, batches and chunks cut anywhere: the fast path's table equals the scalar one."""
     opening = [(f, True, "syn", "none", "next") for f in sorted(handshakes)]
     opening += [(f, False, "syn-ack", "none", "next") for f in sorted(handshakes)]
     frames = _frames(opening + events, vlan)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine_module, "MIN_BATCH", 1)
         patch.setattr(engine_module, "CHUNK", chunk)
-        assert _table_of(frames, vectorised=True) == _table_of(frames, vectorised=False)
+        fast = _table_of(frames, True, jitter, batches)
+        assert fast == _table_of(frames, False, jitter, batches)
