@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flows import NOT_RECOGNISED, SEQ_MASK, UDP_CANDIDATES, FlowTable
+from .flows import MAX_ERRORS, NOT_RECOGNISED, SEQ_MASK, UDP_CANDIDATES, FlowTable
 from .protocols.registry import SERVER_PORTS
 
 TCP_CONTROL = 0x07  # FIN, SYN, RST: they change flow state
@@ -360,7 +360,7 @@ class FastPath:
         # One dictionary lookup per flow direction, not per packet; results in lists, then arrays.
         entries = self.flows.entries
         analyzer_index = self.analyzer_index
-        state = []  # 0 unknown (or this direction's MAC not recorded yet), 1 unrecognised, 2 other, 3 runs
+        state = []  # 0 unknown (or this direction's MAC not recorded yet), 1 only counts, 2 other, 3 runs
         kinds = []  # analyzer index for single-PDU naming (empty buffer, nothing to skip), else 0
         next_seq = []
         streams: list = []
@@ -402,7 +402,10 @@ class FastPath:
                 else:
                     stream = flow.streams[0 if to_server else 1]
                     streams.append((stream, to_server))
-                    if stream.next_seq is None or stream.pending:
+                    if stream.errors >= MAX_ERRORS:  # this direction gave up parsing: it only counts
+                        state.append(1)
+                        next_seq.append(0)
+                    elif stream.next_seq is None or stream.pending:
                         state.append(2)
                         next_seq.append(0)
                     else:
@@ -465,6 +468,7 @@ class FastPath:
             last_named = named & ~np.r_[named[1:] & (g[1:] == g[:-1]), False]
             for j, end in zip(g[last_named].tolist(), ends[last_named].tolist()):
                 streams[j][0].next_seq = end
+                streams[j][0].errors = 0  # a PDU read
             if named.any():
                 fast[positions[named]] = True
                 # one (flow, command) per flow, both directions together: flow index, analyzer, code

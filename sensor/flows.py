@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .connections import ConnectionTable
 from .decode import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
-from .protocols import Analyzer, Malformed
+from .protocols import Analyzer, Malformed, merge_identity
 from .protocols.registry import ANALYZERS, SERVER_PORTS
 
 SEQ_MASK = 0xFFFFFFFF
@@ -16,7 +16,7 @@ PROBE_LIMIT = 8 * 1024  # bytes per direction an undecided flow may buffer befor
 MAX_BUFFER = 256 * 1024  # an incomplete PDU larger than this is malformed
 MAX_PENDING = 8  # out-of-order segments kept behind a partial PDU before the hole is declared lost
 MAX_HOLES = 4  # skipped sequence ranges remembered per direction
-MAX_ERRORS = 8  # consecutive malformed PDUs after which a flow is no longer parsed
+MAX_ERRORS = 8  # consecutive malformed PDUs of one direction after which it is no longer parsed
 TCP_IDLE_NS = 300 * 10**9
 UDP_IDLE_NS = 60 * 10**9
 CLOSED_IDLE_NS = 10 * 10**9
@@ -43,9 +43,10 @@ def is_group_address(address: bytes) -> bool:
 class Stream:
     """One direction of a TCP flow: the next expected sequence number and the unparsed bytes."""
 
-    __slots__ = ("next_seq", "buf", "skip", "pending", "holes")
+    __slots__ = ("next_seq", "buf", "skip", "pending", "holes", "errors")
 
     def __init__(self) -> None:
+        self.errors = 0  # consecutive malformed PDUs; at MAX_ERRORS this direction is no longer parsed
         self.next_seq: int | None = None
         self.buf = b""
         self.skip = 0  # bytes still to drop (a body the analyzer skips by its length)
@@ -59,7 +60,7 @@ class Stream:
 class Flow:
     __slots__ = (
         "client", "server", "client_port", "server_port", "proto", "handshake", "analyzer", "candidates",
-        "streams", "packets", "bytes", "first_ns", "last_ns", "macs", "closed", "errors",
+        "streams", "packets", "bytes", "first_ns", "last_ns", "macs", "closed",
     )  # fmt: skip
 
     def __init__(self, client: bytes, server: bytes, client_port: int, server_port: int, proto: int) -> None:
@@ -74,7 +75,6 @@ class Flow:
         self.first_ns = self.last_ns = 0
         self.macs = 0  # bit 0: the initiator's MAC recorded, bit 1: the responder's
         self.closed = False
-        self.errors = 0
 
 
 def initiator_is_source(sport: int, dport: int) -> bool:
@@ -211,6 +211,8 @@ class FlowTable:
 
     def _segment(self, flow: Flow, to_server: bool, packet: Packet) -> None:
         stream = flow.streams[0 if to_server else 1]
+        if stream.errors >= MAX_ERRORS:
+            return  # this direction gave up
         payload, seq = packet.payload, packet.seq
         if stream.next_seq is None:  # the capture started mid-stream: take this segment as the start
             if len(payload) == 1:
@@ -322,7 +324,7 @@ class FlowTable:
                 rest, more, facts = parse(buf[consumed:], to_server)
                 consumed += rest
                 commands += more
-                identity.update(facts)
+                merge_identity(identity, facts)
         except (Malformed, ValueError, IndexError, KeyError, UnicodeError):
             return False
         if consumed >= len(buf):
@@ -330,7 +332,7 @@ class FlowTable:
         else:
             stream.buf, stream.skip = buf[consumed:], 0
         if consumed:
-            flow.errors = 0
+            stream.errors = 0
         if commands or identity:
             self._record(flow, to_server, commands, identity)
         return True
@@ -380,7 +382,7 @@ class FlowTable:
                 self._malformed(flow, stream)
                 return
         if consumed:
-            flow.errors = 0
+            stream.errors = 0
         if commands or identity:
             self._record(flow, to_server, commands, identity)
 
@@ -388,9 +390,13 @@ class FlowTable:
         name = flow.analyzer.name
         self.errors[name] = self.errors.get(name, 0) + 1
         stream.buf, stream.skip = b"", 0  # resynchronise at the next segment
-        flow.errors += 1
-        if flow.errors >= MAX_ERRORS:
+        stream.errors += 1
+        # Counted per direction, so that what one direction does never depends on how its packets
+        # interleave with the other's; the flow is given up when both directions are.
+        if all(s.errors >= MAX_ERRORS for s in flow.streams):
             self._decide(flow, NOT_RECOGNISED)
+        elif stream.errors >= MAX_ERRORS:
+            stream.pending = {}
 
     def _record(self, flow: Flow, to_server: bool, commands: list, identity: dict) -> None:
         connection = self.table.connection(flow.client, flow.server)
@@ -403,10 +409,7 @@ class FlowTable:
         if identity:
             # The greater value wins, as in Device.merge: the result does not depend on the order
             # in which flows (or the fast path's runs) report.
-            known = self.table.device(flow.client if to_server else flow.server).identity
-            for key, value in identity.items():
-                if key not in known or value > known[key]:
-                    known[key] = value
+            merge_identity(self.table.device(flow.client if to_server else flow.server).identity, identity)
             agent = identity.get("userAgent")
             if agent and (connection.user_agent is None or agent > connection.user_agent):
                 connection.user_agent = agent

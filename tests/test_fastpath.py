@@ -111,7 +111,7 @@ SERVER_PORTS = (502, 80, 8080, 4000, 53, 48899)  # flows 4 and 5 are UDP
 event = st.tuples(
     st.integers(0, 5),  # flow
     st.booleans(),  # sent by the client
-    st.sampled_from(sorted(FLAGS)),
+    st.sampled_from(sorted(FLAGS) + ["burst"]),  # a burst: nine data segments of the payload
     st.sampled_from(sorted(PAYLOADS)),
     st.sampled_from(SEQ),
 )
@@ -120,7 +120,10 @@ event = st.tuples(
 def _frames(events, vlan: bool) -> list[bytes]:
     seqs: dict = {}
     frames = []
-    for flow, from_client, kind, payload_name, mode in events:
+    expanded = [
+        (f, c, "data" if k == "burst" else k, p, m) for f, c, k, p, m in events for _ in range(9 if k == "burst" else 1)
+    ]
+    for flow, from_client, kind, payload_name, mode in expanded:
         client, server = bytes([10, 0, 0, 1 + flow]), bytes([10, 0, 1, 1 + flow % 2])
         client_port, server_port = 40000 + flow, SERVER_PORTS[flow]
         payload = b"" if kind in ("syn", "syn-ack") else PAYLOADS[payload_name]

@@ -22,6 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
+def merge_identity(into: dict[str, str], facts: dict[str, str]) -> None:
+    """Identity facts of several PDUs: of two values of a field the greater wins, as everywhere in the
+    sensor, so that the result does not depend on how PDUs are grouped into calls or ordered."""
+    for key, value in facts.items():
+        if key not in into or value > into[key]:
+            into[key] = value
+
+
 class Malformed(ValueError):
     """A PDU that violates its protocol's framing; counted per protocol, never raised further."""
 

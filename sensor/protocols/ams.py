@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from . import Analyzer, Malformed
+from . import Analyzer, Malformed, merge_identity
 
 # Command names as the contract spells them (Wireshark packet-ams.c, AMS_CMDID_*).
 COMMAND_NAMES = {
@@ -87,7 +87,7 @@ def parse(buf: bytes, to_server: bool):
             break
         command, facts = _ams_packet(view, pos + 6, length)
         commands.append(command)
-        identity.update(facts)
+        merge_identity(identity, facts)
         pos += 6 + length
     return pos, commands, identity
 

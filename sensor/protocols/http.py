@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from . import Analyzer, Malformed
+from . import Analyzer, Malformed, merge_identity
 
 # Methods of RFC 9110 section 9, RFC 5789 (PATCH) and WebDAV (RFC 4918), as Wireshark's packet-http.c
 # recognises them at the start of a request line.
@@ -138,9 +138,9 @@ def parse(buf: bytes, to_server: bool, strict: bool = False):
         if to_server:
             commands.append(("http", method.decode()))
             if b"user-agent" in headers:
-                identity["userAgent"] = _text(headers[b"user-agent"])
+                merge_identity(identity, {"userAgent": _text(headers[b"user-agent"])})
         elif b"server" in headers:
-            identity["server"] = _text(headers[b"server"])
+            merge_identity(identity, {"server": _text(headers[b"server"])})
         body = _body_length(headers)
         if body is None:
             if strict:

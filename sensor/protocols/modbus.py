@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from . import Analyzer, Malformed
+from . import Analyzer, Malformed, merge_identity
 
 # Function names exactly as Wireshark's packet-mbtcp.c (function_code_vals) prints them.
 FUNCTION_NAMES = {
@@ -91,7 +91,7 @@ def parse(buf: bytes, to_server: bool):
             break
         commands.append(("modbus", _NAMES[function & 0x7F]))
         if function == 43 and not to_server:
-            identity.update(_device_identification(view[pos + MBAP_SIZE : pos + size]))
+            merge_identity(identity, _device_identification(view[pos + MBAP_SIZE : pos + size]))
         pos += size
     return pos, commands, identity
 

@@ -13,7 +13,7 @@ import struct
 
 import numpy as np
 
-from sensor.protocols import Analyzer, Malformed, ParseResult
+from sensor.protocols import Analyzer, Malformed, ParseResult, merge_identity
 from sensor.protocols.s7comm_plus import S7COMM_PLUS_PROT_ID, pdu_names
 
 S7COMM_PROT_ID = 0x32
@@ -389,7 +389,7 @@ def _s7comm_name(pdu: bytes, identity: dict[str, str]) -> str | None:
         name, is_szl_response = _userdata_name(param)
         if is_szl_response:
             data = pdu[header_len + parlg : header_len + parlg + datlg]
-            identity.update(_szl_identity(data))
+            merge_identity(identity, _szl_identity(data))
         return name
     # ROSCTR 2 (Ack) has no parameter part; Wireshark shows "ROSCTR:[Ack]" and no function, as it
     # does for the 4..6 values its heuristic lets through.
