@@ -1,13 +1,7 @@
-"""Vectorised fast path: numpy over a whole batch of Ethernet frames, Python only where state changes.
+"""Vectorised fast path: numpy over whole batches of Ethernet/IPv4 frames, Python only where state changes.
 
-Owns the common case — Ethernet (up to two VLAN tags), IPv4 without options or fragments, TCP/UDP:
-non-IP frames and UDP no analyzer wants become counts and connection facts without a flow; new TCP
-flows that start with SYN + SYN-ACK are opened at once; the first payload packets of undecided flows
-run through the scalar path first (in rounds); then, per flow direction, pure ACKs, FIN/RST and
-unrecognised flows become counter sums, in-order single-PDU segments are named from a table (the
-analyzers' ``batch`` checks) and the rest of each in-order prefix is parsed as one run.  Everything
-else — gaps, retransmissions, SYNs inside a flow, runs whose parse fails — goes to the scalar path in
-capture order.  Never changes a result: tests hold it to the scalar path's.
+Owns which packets skip the per-packet path and how their effects are applied; never changes a result
+(tests hold it to the scalar path's) and never reads a frame that decode.py would read differently.
 """
 
 from __future__ import annotations
@@ -117,6 +111,15 @@ def _group_address(address: np.ndarray) -> np.ndarray:
 
 
 class FastPath:
+    """Per batch, in this order: header fields of every Ethernet (up to two VLAN tags) / IPv4 frame as
+    arrays; non-IP frames and UDP no analyzer wants become counts and connection facts without a flow;
+    new TCP flows that start with SYN + SYN-ACK are opened at once; the first payload packets of
+    undecided flows run through the scalar path (rounds); then, per flow direction, pure ACKs, FIN/RST
+    and unrecognised flows become counter sums, in-order single-PDU segments are named from a table
+    (the analyzers' ``batch`` checks) and the rest of each in-order prefix is parsed as one run.
+    Everything else — gaps, retransmissions, SYNs inside a flow, runs whose parse fails — is left to
+    the scalar path, in capture order."""
+
     def __init__(self, flows: FlowTable, analyzers) -> None:
         self.flows = flows
         self._batch = self._headers = self._taken = self._early = None
