@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from .protocols import merge_identity
+
 
 class Connection:
     """Facts about one ordered (initiator, responder) pair since the last flush."""
@@ -52,9 +54,7 @@ class Device:
         self.first_seen_ns = min(self.first_seen_ns, other.first_seen_ns)
         self.last_seen_ns = max(self.last_seen_ns, other.last_seen_ns)
         self.roles |= other.roles
-        for key, value in other.identity.items():  # the greater value wins, so merge order is irrelevant
-            if key not in self.identity or value > self.identity[key]:
-                self.identity[key] = value
+        merge_identity(self.identity, other.identity)  # the greater value wins: merge order is irrelevant
 
     def saw(self, first_ns: int, last_ns: int) -> None:
         if first_ns < self.first_seen_ns:
