@@ -615,13 +615,6 @@ def table(report: dict) -> str:
             note = "FAILED: %s" % r.get("error")
         elif key.startswith("otsensor"):
             note = "reports %s packets/s" % fmt_int(r.get("reportedPacketsPerSecond"))
-            if len(r.get("runWallSeconds") or ()) > 1:
-                note = "median of walls %s s; %s" % (" ".join("%.2f" % w for w in r["runWallSeconds"]), note)
-        elif key == "tshark" and len(r.get("runWallSeconds") or ()) > 1:
-            note = "median of walls %s s; %s" % (
-                " ".join("%.2f" % w for w in r["runWallSeconds"]),
-                r.get("version") or "",
-            )
         elif key == "scapy":
             note = "first %s packets; rate over the loop (import %.1f s)" % (
                 fmt_int(r.get("packets")),
@@ -631,6 +624,8 @@ def table(report: dict) -> str:
             note = "rate over the loop"
         else:
             note = r.get("version") or ""
+        if r.get("ok") and len(r.get("runWallSeconds") or ()) > 1:
+            note = "median of walls %s s; %s" % (" ".join("%.2f" % w for w in r["runWallSeconds"]), note)
         rows.append(
             (
                 label,
@@ -804,25 +799,19 @@ def main(argv=None) -> int:
             res["dpkt"] = bench_snippet("dpkt", DPKT_SNIPPET, path, 0, a.timeout)
 
         # ratios, memory, failures
-        def pps(k):
-            r = res.get(k) or {}
-            return r.get("packetsPerSecond") if r.get("ok") else None
+        def ratios(field):
+            def rate(k):
+                r = res.get(k) or {}
+                return r.get(field) if r.get("ok") else None
 
-        o, t, s = pps("otsensor"), pps("tshark"), pps("scapy")
-        report["ratios"] = {
-            "otsensorVsTshark": round(o / t, 3) if o and t else None,
-            "otsensorVsScapy": round(o / s, 3) if o and s else None,
-        }
+            o, t, s = rate("otsensor"), rate("tshark"), rate("scapy")
+            return {
+                "otsensorVsTshark": round(o / t, 3) if o and t else None,
+                "otsensorVsScapy": round(o / s, 3) if o and s else None,
+            }
 
-        def ppc(k):
-            r = res.get(k) or {}
-            return r.get("packetsPerCpuSecond") if r.get("ok") else None
-
-        o, t, s = ppc("otsensor"), ppc("tshark"), ppc("scapy")
-        report["ratiosCpu"] = {
-            "otsensorVsTshark": round(o / t, 3) if o and t else None,
-            "otsensorVsScapy": round(o / s, 3) if o and s else None,
-        }
+        report["ratios"] = ratios("packetsPerSecond")
+        report["ratiosCpu"] = ratios("packetsPerCpuSecond")
         if a.file:
             report["memory"] = {"skipped": "--file given"}
         elif mix2 is None:
