@@ -85,7 +85,9 @@ import numpy as np  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from sensor import batch as batch_module  # noqa: E402
 from sensor import engine as engine_module  # noqa: E402
+from sensor.decode import DecodeError, Decoder  # noqa: E402
 from sensor.readers import FrameBatch  # noqa: E402
 
 PAYLOADS = {
@@ -192,3 +194,52 @@ def test_random_conversations_give_the_scalar_result(events, handshakes, vlan, c
         patch.setattr(engine_module, "CHUNK", chunk)
         fast = _table_of(frames, True, jitter, batches)
         assert fast == _table_of(frames, False, jitter, batches)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(event, min_size=1, max_size=12),
+    st.integers(0, 2),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 70), st.integers(0, 255)), max_size=12),
+)
+def test_fast_header_fields_are_the_decoders(events, tags, mutations):
+    """Frames with bytes changed and cut short, packed back to back up to the end of the data: every
+    frame the fast path reads has the addresses, ports, flags, sequence number and payload decode.py
+    gives it, and every frame it counts as non-IP, decode.py counts as non-IP too."""
+    frames = [bytearray(f) for f in _frames(events, tags > 0)]
+    if tags == 2:  # QinQ: an 802.1ad service tag outside the 802.1Q one
+        frames = [f[:12] + b"\x88\xa8\x00\x07" + f[12:] for f in frames]
+    changed = set()
+    for frame_no, position, value in mutations:
+        frame = frames[frame_no % len(frames)]
+        changed.add(frame_no % len(frames))
+        if position < len(frame):
+            frame[position] = value
+        elif value < 64:
+            del frame[value:]  # cut short
+    data = b"".join(frames)
+    lengths = np.array([len(f) for f in frames], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    h = batch_module.ipv4_headers(data, offsets, lengths)
+    for i, frame in enumerate(frames):
+        decoder = Decoder()
+        try:
+            packet = decoder.decode(1, memoryview(bytes(frame)))
+        except DecodeError:
+            packet = None
+        assert not h.non_ip[i] or decoder.non_ip == 1  # the rest is left to decode.py
+        assert h.good[i] or i in changed  # every frame as made (IPv4 without options, TCP/UDP) is read
+        if h.good[i]:
+            assert packet is not None
+            start = int(h.start[i] - offsets[i])
+            fields = (h.src[i], h.dst[i], h.proto[i], h.sport[i], h.dport[i], h.flags[i], h.seq[i])
+            assert tuple(int(v) for v in fields) == (
+                int.from_bytes(packet.src, "big"),
+                int.from_bytes(packet.dst, "big"),
+                packet.proto,
+                packet.sport,
+                packet.dport,
+                packet.flags,
+                packet.seq,
+            )
+            assert bytes(frame[start : start + int(h.length[i])]) == bytes(packet.payload)
