@@ -118,6 +118,11 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     return h
 
 
+def address_bytes(addresses: np.ndarray) -> list[bytes]:
+    """IPv4 addresses as the 4-byte strings the flow table keys on."""
+    return addresses.astype(">u4").view("V4").tolist()
+
+
 def _unique_pairs(first: np.ndarray, second: np.ndarray) -> tuple[list, np.ndarray]:
     """The distinct (first, second) pairs of two non-negative integer arrays (second < 2**32), as a
     list of tuples, and each element's pair number (np.unique over rows is much slower)."""
@@ -276,8 +281,8 @@ class FastPath:
         at = e.ordered[e.starts]
         e.keys = list(
             zip(
-                [a.to_bytes(4, "big") for a in h.src[at].tolist()],
-                [a.to_bytes(4, "big") for a in h.dst[at].tolist()],
+                address_bytes(h.src[at]),
+                address_bytes(h.dst[at]),
                 h.sport[at].tolist(),
                 h.dport[at].tolist(),
                 h.proto[at].tolist(),
@@ -395,7 +400,10 @@ class FastPath:
         starts[1:] = (sorted_high[1:] != sorted_high[:-1]) | (sorted_low[1:] != sorted_low[:-1])
         group = np.empty(len(by_group), np.int64)
         group[by_group] = np.cumsum(starts) - 1
-        unique = zip(sorted_high[starts].tolist(), sorted_low[starts].tolist())
+        at = by_group[starts]  # each group's first packet
+        keys = zip(
+            address_bytes(src[at]), address_bytes(dst[at]), sport[at].tolist(), dport[at].tolist(), proto[at].tolist()
+        )
 
         # One dictionary lookup per flow direction, not per packet; results in lists, then arrays.
         entries = self.flows.entries
@@ -408,16 +416,8 @@ class FastPath:
         flows: list = []  # the flows behind the groups, each once; flow_index: each group's
         flow_index: list = []
         index_of: dict = {}
-        for a, b in unique:
-            entry = entries.get(
-                (
-                    (a >> 32).to_bytes(4, "big"),
-                    (a & 0xFFFFFFFF).to_bytes(4, "big"),
-                    b >> 24,
-                    (b >> 8) & 0xFFFF,
-                    b & 0xFF,
-                )
-            )
+        for key in keys:  # the 5-tuple as sent
+            entry = entries.get(key)
             kind = 0
             if entry is not None:
                 flow, to_server = entry

@@ -33,6 +33,18 @@ for _analyzer in ANALYZERS:
 ANY_TCP_PORT = tuple(a for a in ANALYZERS if a.any_tcp_port)
 
 
+def _candidates(proto: int, server_port: int, client_port: int) -> tuple[Analyzer, ...]:
+    """The analyzers that may claim a flow, in probing order.  Either port may be the protocol's: a
+    PLC that dials out from 502 still speaks Modbus."""
+    if proto == IPPROTO_TCP:
+        by_port = TCP_CANDIDATES.get(server_port, ()) + TCP_CANDIDATES.get(client_port, ()) + ANY_TCP_PORT
+    elif proto == IPPROTO_UDP:
+        by_port = UDP_CANDIDATES.get(server_port, ()) + UDP_CANDIDATES.get(client_port, ())
+    else:
+        by_port = ()
+    return tuple(dict.fromkeys(by_port))
+
+
 def is_group_address(address: bytes) -> bool:
     """Multicast, broadcast and the unspecified address are never a device at the other end of a flow."""
     if len(address) == 4:  # 224/4 multicast, limited broadcast, 0.0.0.0 (240/4 is reserved, not group)
@@ -92,6 +104,7 @@ class FlowTable:
         self.entries: dict[tuple, tuple[Flow, bool]] = {}  # 5-tuple as sent -> (flow, sent by initiator)
         self.plain_udp = 0  # UDP flows on no analyzer's port (the fast path's stateless UDP checks these)
         self.now_ns = 0
+        self._candidates: dict[tuple[int, int, int], tuple[Analyzer, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.entries) // 2
@@ -147,8 +160,8 @@ class FlowTable:
         :meth:`process` makes of the two (the fast path hands them over together)."""
         flow = self._create(client, server, client_port, server_port, IPPROTO_TCP)
         flow.handshake = True
-        flow.streams[0].reset((seqs[0] + 1) & SEQ_MASK)
-        flow.streams[1].reset((seqs[1] + 1) & SEQ_MASK)
+        flow.streams[0].next_seq = (seqs[0] + 1) & SEQ_MASK  # new streams: nothing else to reset
+        flow.streams[1].next_seq = (seqs[1] + 1) & SEQ_MASK
         flow.packets, flow.bytes, flow.first_ns, flow.last_ns = 2, size, first_ns, last_ns
         self._record_mac(flow, True, macs[0])
         self._record_mac(flow, False, macs[1])
@@ -157,14 +170,14 @@ class FlowTable:
 
     def _create(self, client: bytes, server: bytes, client_port: int, server_port: int, proto: int) -> Flow:
         flow = Flow(client, server, client_port, server_port, proto)
-        # Either port may be the protocol's: a PLC that dials out from 502 still speaks Modbus.
-        if proto == IPPROTO_TCP:
-            candidates = TCP_CANDIDATES.get(flow.server_port, ()) + TCP_CANDIDATES.get(flow.client_port, ())
-            flow.candidates = list(dict.fromkeys(candidates + ANY_TCP_PORT))
-        elif proto == IPPROTO_UDP:
-            candidates = UDP_CANDIDATES.get(flow.server_port, ()) + UDP_CANDIDATES.get(flow.client_port, ())
-            flow.candidates = list(dict.fromkeys(candidates))
-        if not flow.candidates:
+        # Cached by the ports that matter (an analyzer's port, else -1), so the cache stays small.
+        by_port = TCP_CANDIDATES if proto == IPPROTO_TCP else UDP_CANDIDATES
+        ports = (proto, server_port if server_port in by_port else -1, client_port if client_port in by_port else -1)
+        candidates = self._candidates.get(ports)
+        if candidates is None:
+            candidates = self._candidates[ports] = _candidates(*ports)
+        flow.candidates = list(candidates)
+        if not candidates:
             flow.analyzer = NOT_RECOGNISED
             self.plain_udp += proto == IPPROTO_UDP
         self._index(flow)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from . import Analyzer, Malformed, merge_identity
+from . import Analyzer, Malformed
 
 # Methods of RFC 9110 section 9, RFC 5789 (PATCH) and WebDAV (RFC 4918), as Wireshark's packet-http.c
 # recognises them at the start of a request line.
@@ -88,9 +88,13 @@ def _headers(buf: bytes, begin: int, stop: int, names: tuple[bytes, ...]) -> dic
 
 def _body_length(headers: dict[bytes, bytes]) -> int | None:
     """Content-Length when the body is delimited by it; None means 'resynchronise on the next head'."""
-    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+    coding = headers.get(b"transfer-encoding")
+    if coding is not None and b"chunked" in coding.lower():
         return None
-    length = headers.get(b"content-length", b"0").strip()
+    length = headers.get(b"content-length")
+    if length is None:
+        return 0
+    length = length.strip()
     return int(length) if length.isdigit() and len(length) < 16 else None
 
 
@@ -137,10 +141,15 @@ def parse(buf: bytes, to_server: bool, strict: bool = False):
         head_end, headers = head
         if to_server:
             commands.append(("http", method.decode()))
-            if b"user-agent" in headers:
-                merge_identity(identity, {"userAgent": _text(headers[b"user-agent"])})
-        elif b"server" in headers:
-            merge_identity(identity, {"server": _text(headers[b"server"])})
+            sender = headers.get(b"user-agent")
+            key = "userAgent"
+        else:
+            sender = headers.get(b"server")
+            key = "server"
+        if sender is not None:  # as merge_identity: of several heads' values the greater wins
+            value = _text(sender)
+            if key not in identity or value > identity[key]:
+                identity[key] = value
         body = _body_length(headers)
         if body is None:
             if strict:
