@@ -75,14 +75,15 @@ def _headers(buf: bytes, begin: int, stop: int, names: tuple[bytes, ...]) -> dic
         at = len(lower)
         while (at := lower.rfind(b"\n" + name, 0, at)) >= 0:
             colon = at + 1 + len(name)
-            while lower[colon : colon + 1] in (b" ", b"\t"):
-                colon += 1
-            if lower[colon : colon + 1] == b":":
-                line_end = lower.find(b"\n", colon)
-                value = buf[begin + colon : begin + (len(lower) if line_end < 0 else line_end) - 1]
-                value = value.lstrip(b" \t")
-                found[name] = (value[:-1] if value.endswith(b"\r") else value).rstrip(b" \t")
-                break
+            if not lower.startswith(b":", colon):  # ":" after optional spaces/tabs
+                while lower[colon : colon + 1] in (b" ", b"\t"):
+                    colon += 1
+                if lower[colon : colon + 1] != b":":
+                    continue
+            line_end = lower.find(b"\n", colon)
+            value = buf[begin + colon : begin + (len(lower) if line_end < 0 else line_end) - 1]
+            found[name] = (value[:-1] if value.endswith(b"\r") else value).strip(b" \t")
+            break
     return found
 
 
