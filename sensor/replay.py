@@ -5,8 +5,10 @@ Owns the order files are read in and when deltas are flushed; never parses bytes
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .engine import Engine
@@ -39,8 +41,29 @@ class Progress:
         self.stream.flush()
 
 
+@contextmanager
+def _no_cycle_collection():
+    """Python's cycle collector off while packets are replayed, as it was before afterwards.
+
+    The packet path allocates millions of short-lived objects and keeps tens of thousands of flows
+    alive; it makes no reference cycles, so the collector only re-scans live flows (measured: ~5 %
+    of the engine's time on the bench mix).  Reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def replay(paths: list[str], store: Store, progress: bool = True) -> dict:
     """Ingest every capture under paths; returns the summary. Raises CaptureError if nothing was a capture."""
+    with _no_cycle_collection():
+        return _replay(paths, store, progress)
+
+
+def _replay(paths: list[str], store: Store, progress: bool) -> dict:
     started = time.monotonic()
     files = iter_capture_files(paths)
     engine = Engine()
