@@ -143,7 +143,9 @@ class _Early:
     order within; ``group``: each position's flow; ``starts``/``sizes``: each flow's slice; ``keys``:
     each flow's first 5-tuple as sent), which positions ran already and the flows still to look at."""
 
-    __slots__ = ("batch", "ordered", "group", "starts", "sizes", "keys", "pure_ack", "consumed", "candidates")
+    __slots__ = (
+        "batch", "ordered", "backward", "group", "starts", "sizes", "keys", "pure_ack", "consumed", "candidates",
+    )  # fmt: skip
 
 
 def _group_address(address: np.ndarray) -> np.ndarray:
@@ -265,16 +267,13 @@ class FastPath:
         frames = np.flatnonzero(h.good)
         one = (h.src[frames].astype(np.uint64) << np.uint64(16)) | h.sport[frames].astype(np.uint64)
         other = (h.dst[frames].astype(np.uint64) << np.uint64(16)) | h.dport[frames].astype(np.uint64)
-        low, high, proto = np.minimum(one, other), np.maximum(one, other), h.proto[frames]
-        order = np.lexsort((proto, high, low))  # stable: capture order within each flow
+        low, high = np.minimum(one, other), (np.maximum(one, other) << np.uint64(8)) | h.proto[frames].astype(np.uint64)
+        order = np.lexsort((high, low))  # stable: capture order within each flow
         first = np.ones(len(order), bool)
-        first[1:] = (
-            (low[order][1:] != low[order][:-1])
-            | (high[order][1:] != high[order][:-1])
-            | (proto[order][1:] != proto[order][:-1])
-        )
+        first[1:] = (low[order][1:] != low[order][:-1]) | (high[order][1:] != high[order][:-1])
         e = self._early = _Early()
         e.batch, e.ordered = batch, frames[order]
+        e.backward = (one > other)[order]  # sent by the flow's higher endpoint (address, port)
         e.starts = np.flatnonzero(first)
         e.group = np.cumsum(first) - 1
         e.sizes = np.diff(np.r_[e.starts, len(order)])
@@ -375,6 +374,34 @@ class FastPath:
         e.candidates = wanted
         return np.sort(e.ordered[pick])
 
+    def _directions(self, batch, good: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The positions in ``frames`` (the batch's frames where ``good``) grouped by flow direction,
+        capture order within each, and where each group starts: the flows of :meth:`_flows_of`, each
+        cut in two (packets from its lower endpoint first) without sorting again."""
+        e = self._flows_of(batch)
+        keep = good[e.ordered]
+        ordered, flow, backward = e.ordered[keep], e.group[keep], e.backward[keep]
+        n = len(ordered)
+        flow_start = np.ones(n, bool)
+        flow_start[1:] = flow[1:] != flow[:-1]
+        first = np.flatnonzero(flow_start)  # each flow's first position
+        flow_of = np.cumsum(flow_start) - 1
+        forward = ~backward
+        before = np.cumsum(forward) - forward  # forward packets before each position
+        forward_rank = before - before[first][flow_of]
+        forward_count = np.add.reduceat(forward, first) if n else np.zeros(0, np.int64)
+        backward_rank = np.arange(n) - first[flow_of] - forward_rank
+        target = first[flow_of] + np.where(forward, forward_rank, forward_count[flow_of] + backward_rank)
+        position = np.empty(len(good), np.int64)
+        position[frames] = np.arange(len(frames))
+        by_group = np.empty(n, np.int64)
+        by_group[target] = position[ordered]
+        starts = np.zeros(n, bool)
+        starts[first] = True
+        middle = first + forward_count  # where a flow's backward packets start, if it has both
+        starts[middle[(forward_count > 0) & (middle < np.r_[first[1:], n])]] = True
+        return by_group, starts
+
     def split(self, batch, done: np.ndarray | None = None) -> tuple[np.ndarray, list]:
         """Handle what the fast path can; returns the frame indices left for the scalar path (in
         capture order) and a deferred update to apply after them.  ``done``: frames already run."""
@@ -391,13 +418,8 @@ class FastPath:
             return np.flatnonzero(leftover), []
         src, dst = h.src[frames], h.dst[frames]
         sport, dport, proto = h.sport[frames], h.dport[frames], h.proto[frames]
-        # Group packets by 5-tuple: addresses in one int64 key, ports and protocol in another.
-        high = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
-        low = sport << 24 | dport << 8 | proto
-        by_group = np.lexsort((low, high))  # stable: capture order within each group
-        sorted_high, sorted_low = high[by_group], low[by_group]
-        starts = np.ones(len(by_group), bool)
-        starts[1:] = (sorted_high[1:] != sorted_high[:-1]) | (sorted_low[1:] != sorted_low[:-1])
+        # Group packets by 5-tuple as sent: each flow's packets (grouped already) split by direction.
+        by_group, starts = self._directions(batch, good, frames)
         group = np.empty(len(by_group), np.int64)
         group[by_group] = np.cumsum(starts) - 1
         at = by_group[starts]  # each group's first packet
