@@ -30,7 +30,9 @@ tree, from wait4) and the sampled sum of VmRSS over the child's process tree
 the script exits 1 only if a measured tool failed (non-zero exit, timeout, no
 JSON summary), printing the tail of its stderr; 2 on a usage error.
 
-The page cache is warmed (the file read once) before the first measurement.
+The page cache is warmed (the file read once) before the first measurement. otsensor runs
+with Python's default bytecode cache (PYTHONDONTWRITEBYTECODE is dropped from its
+environment), as an installed package does; its first run writes the cache.
 CPU seconds are shown next to wall seconds because shared machines are noisy;
 the load average at the start is printed with the machine line.
 """
@@ -285,7 +287,12 @@ USE_GNU_TIME = _gnu_time_ok()
 
 
 def run_measured(
-    cmd: list[str], *, cwd: str | None = None, stdout_path: str | None = None, timeout: float | None = None
+    cmd: list[str],
+    *,
+    cwd: str | None = None,
+    stdout_path: str | None = None,
+    timeout: float | None = None,
+    env: dict | None = None,
 ) -> dict:
     """Run cmd, measuring wall time, CPU time and peak RSS of its whole process tree.
 
@@ -304,7 +311,7 @@ def run_measured(
     try:
         try:
             proc = subprocess.Popen(
-                wrapped, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+                wrapped, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
             )
         except OSError as e:
             return {
@@ -422,7 +429,9 @@ def bench_otsensor(
     db = os.path.join(workdir, "otsensor-%s.duckdb" % tag)
     cmd = base + ["replay", path, "--db", db, "--json"]
     log("otsensor: %s" % " ".join(shlex.quote(c) for c in cmd))
-    r = run_measured(cmd, cwd=cwd, timeout=timeout)
+    # Python's default: compiled modules cached in __pycache__ (some sandboxes switch that off).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    r = run_measured(cmd, cwd=cwd, timeout=timeout, env=env)
     summary = None
     text = r.get("stdout", "").strip()
     if text:
