@@ -7,6 +7,7 @@ Owns which packets skip the per-packet path and how their effects are applied; n
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .flows import MAX_ERRORS, NOT_RECOGNISED, SEQ_MASK, UDP_CANDIDATES, FlowTable
 from .protocols.registry import SERVER_PORTS
@@ -31,9 +32,8 @@ TAGS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad and the pre-standard QinQ typ
 CARRIERS = TAGS + (0x0800, 0x86DD, 0x8847, 0x8848, 0x8864)  # IP, tags, MPLS, PPPoE session
 
 
-# Bytes 12..59 of a frame, read as six 8-byte words: ethertype, up to two tags, the IPv4 header without
-# options and the TCP header up to its flags wherever the tags put them.
-WINDOW_WORDS = np.arange(12, 60, 8)
+# Bytes 12..59 of a frame hold the ethertype, up to two tags, the IPv4 header without options and the
+# TCP header up to its flags wherever the tags put them.
 LINK_FIELDS = np.dtype(
     {"names": ["ethertype", "inner", "inner2"], "formats": [">u2"] * 3, "offsets": [0, 4, 8], "itemsize": 48}
 )
@@ -52,22 +52,22 @@ IP_FIELDS = np.dtype(
 def _header_window(data, base: np.ndarray) -> np.ndarray:
     """Bytes 12..59 from every base as an (n, 48) uint8 matrix, zeros past the end of the data.
 
-    One gather of unaligned 8-byte words (a byte-strided view of the data): the frames are read from
-    memory once, where a gather per field would read each of them some thirty times."""
+    One fancy index over a byte-strided (rows overlap) view copies 48 bytes per frame: the frames
+    are read from memory once, where a gather per field would read each of them some thirty times."""
     raw = np.frombuffer(data, dtype=np.uint8)
-    if len(raw) < 8:
-        raw = np.concatenate([raw, np.zeros(8, np.uint8)])
-    words = np.ndarray((len(raw) - 7,), dtype=">u8", buffer=raw, strides=(1,))
-    index = base[:, None] + WINDOW_WORDS
-    last = len(words) - 1
-    window = words[np.minimum(index, last)]
-    past = index > last
-    if past.any():  # the data's last frame: its word starts earlier, so shift the bytes into place
-        rows = past.any(axis=1)
-        shift = (index[rows] - np.minimum(index[rows], last)) * 8
-        value = window[rows].astype(np.uint64) << np.minimum(shift, 63).astype(np.uint64)
-        window[rows] = np.where(shift < 64, value, 0).astype(">u8")
-    return window.view(np.uint8)  # big-endian words keep the data's byte order
+    start = base + 12
+    last = len(raw) - 48  # the last row that lies wholly inside the data
+    if last >= 0:
+        rows = as_strided(raw, shape=(last + 1, 48), strides=(1, 1), writeable=False)
+        window = rows[np.minimum(start, last)]
+    else:
+        window = np.zeros((len(base), 48), np.uint8)
+    tail = np.flatnonzero(start > last)
+    if len(tail):  # the data's last frames: read them from a zero-padded copy of the end
+        begin = min(int(start[tail].min()), len(raw))
+        padded = np.concatenate([raw[begin:], np.zeros(64, np.uint8)])
+        window[tail] = as_strided(padded, shape=(len(padded) - 47, 48), strides=(1, 1))[start[tail] - begin]
+    return window
 
 
 def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
