@@ -18,6 +18,9 @@ MIN_BATCH = 256  # below this the scalar path is as fast
 # Rounds of packets of new or undecided flows that run through the scalar path first, after the
 # handshakes: most protocols decide on the first payload packet, S7comm after COTP's CR and CC.
 EARLY_ROUNDS = (1, 1, 2, 4)
+# split()'s per-group rows (state, next sequence number, naming analyzer, sent by the initiator) of
+# flow directions not read there: unknown to the table, or only counted, or left to the scalar path
+UNKNOWN, ONLY_COUNTS, OTHER = (0, 0, 0, False), (1, 0, 0, False), (2, 0, 0, False)
 
 
 class Headers:
@@ -267,8 +270,9 @@ class FastPath:
         other = (h.dst[frames].astype(np.uint64) << np.uint64(16)) | h.dport[frames].astype(np.uint64)
         low, high = np.minimum(one, other), (np.maximum(one, other) << np.uint64(8)) | h.proto[frames].astype(np.uint64)
         order = np.lexsort((high, low))  # stable: capture order within each flow
+        low, high = low[order], high[order]
         first = np.ones(len(order), bool)
-        first[1:] = (low[order][1:] != low[order][:-1]) | (high[order][1:] != high[order][:-1])
+        first[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
         e = self._early = _Early()
         e.batch, e.ordered = batch, frames[order]
         e.backward = (one > other)[order]  # sent by the flow's higher endpoint (address, port)
@@ -428,59 +432,54 @@ class FastPath:
         # One dictionary lookup per flow direction, not per packet; results in lists, then arrays.
         entries = self.flows.entries
         analyzer_index = self.analyzer_index
-        state = []  # 0 unknown (or this direction's MAC not recorded yet), 1 only counts, 2 other, 3 runs
-        kinds = []  # analyzer index for single-PDU naming (empty buffer, nothing to skip), else 0
-        next_seq = []
+        # per group: state (0 unknown or this direction's MAC not recorded yet, 1 only counts, 2 other,
+        # 3 runs), next sequence number, analyzer index for single-PDU naming (empty buffer, nothing to
+        # skip; else 0), sent by the initiator
+        rows: list = []
+        add = rows.append
         streams: list = []
         owners: list = []
         flows: list = []  # the flows behind the groups, each once; flow_index: each group's
         flow_index: list = []
-        index_of: dict = {}
+        previous = None  # a flow's two directions are neighbouring groups (see _directions)
         for key in keys:  # the 5-tuple as sent
             entry = entries.get(key)
-            kind = 0
-            if entry is not None:
-                flow, to_server = entry
-                if id(flow) not in index_of:
-                    index_of[id(flow)] = len(flows)
-                    flows.append(flow)
-                flow_index.append(index_of[id(flow)])
-            else:
+            if entry is None:
                 flow_index.append(-1)
-            if entry is None or not flow.macs & (1 if to_server else 2):  # this direction's MAC not yet recorded
-                state.append(0)
-                next_seq.append(0)
-                streams.append(None)
                 owners.append(None)
+                streams.append(None)
+                add(UNKNOWN)
+                continue
+            flow, to_server = entry
+            if flow is not previous:
+                flows.append(flow)
+                previous = flow
+            flow_index.append(len(flows) - 1)
+            if not flow.macs & (1 if to_server else 2):  # this direction's MAC not yet recorded
+                owners.append(None)
+                streams.append(None)
+                add(UNKNOWN)
+                continue
+            owners.append(flow)
+            analyzer = flow.analyzer
+            if analyzer is NOT_RECOGNISED or analyzer is None or not flow.streams:
+                streams.append(None)
+                add(ONLY_COUNTS if analyzer is NOT_RECOGNISED else OTHER)
+                continue
+            stream = flow.streams[0 if to_server else 1]
+            streams.append((stream, to_server))
+            if stream.errors >= MAX_ERRORS:  # this direction gave up parsing: it only counts
+                add((1, 0, 0, to_server))
+            elif stream.next_seq is None or stream.pending:
+                add((2, 0, 0, to_server))
             else:
-                owners.append(flow)
-                analyzer = flow.analyzer
-                if analyzer is NOT_RECOGNISED or analyzer is None or not flow.streams:
-                    streams.append(None)
-                    state.append(1 if analyzer is NOT_RECOGNISED else 2)
-                    next_seq.append(0)
-                else:
-                    stream = flow.streams[0 if to_server else 1]
-                    streams.append((stream, to_server))
-                    if stream.errors >= MAX_ERRORS:  # this direction gave up parsing: it only counts
-                        state.append(1)
-                        next_seq.append(0)
-                    elif stream.next_seq is None or stream.pending:
-                        state.append(2)
-                        next_seq.append(0)
-                    else:
-                        state.append(3)
-                        next_seq.append(stream.next_seq)
-                        if not stream.buf and not stream.skip:
-                            kind = analyzer_index.get(id(analyzer), 0)
-            kinds.append(kind)
-        state_of = np.array(state, np.int64)
-        to_server_of = np.array([bool(entry and entry[1]) for entry in streams], bool)
+                kind = analyzer_index.get(id(analyzer), 0) if not stream.buf and not stream.skip else 0
+                add((3, stream.next_seq, kind, to_server))
+        state_of, next_seq, kind, to_server_of = (np.array(column, np.int64) for column in zip(*rows))
+        to_server_of = to_server_of.astype(bool)
         known = state_of > 0
         unrecognised = state_of == 1
         runs = state_of == 3
-        kind = np.array(kinds, np.int64)
-        next_seq = np.array(next_seq, np.int64)
 
         flags, seq = h.flags[frames], h.seq[frames]
         length, start = h.length[frames], h.start[frames]
