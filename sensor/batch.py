@@ -85,19 +85,19 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     ethertype = np.where(tag2, link["inner2"], ethertype)
     h = Headers()
     h.non_ip = (caplens >= 14) & ~np.isin(ethertype, CARRIERS)
-    ip = window[:, 2:38].copy()  # window column k is frame byte 12 + k
-    if tag1.any():
-        ip[tag1] = window[tag1, 6:42]
-        ip[tag2] = window[tag2, 10:46]
-    fields = ip.view(IP_FIELDS)[:, 0]
-    l3 = base + 14 + 4 * tag1 + 4 * tag2
+    tagged = 4 * tag1 + 4 * tag2  # bytes of tags before the IP header
+    # Each frame's IP header: window row i from column 2 + tags (column k is frame byte 12 + k).
+    flat = window.reshape(-1)
+    rows = as_strided(flat, shape=(max(len(flat) - 35, 0), 36), strides=(1, 1), writeable=False)
+    fields = rows[np.arange(0, len(flat), 48) + 2 + tagged].view(IP_FIELDS)[:, 0]
+    l3 = base + 14 + tagged
     usable = caplens >= l3 - base + 20
     l3 = np.where(usable, l3, 0)
     total = fields["total"].astype(np.int64)
     proto = fields["proto"].astype(np.int64)
     tcp, udp = proto == 6, proto == 17
     other = ~tcp & ~udp  # ICMP and the rest: a flow with ports 0, as decode.py makes it
-    header = np.where(tcp, (fields["offset"] >> 4).astype(np.int64) * 4, np.where(udp, 8, 0))
+    header = np.where(tcp, (fields["offset"] >> 4).astype(np.int64) << 2, udp * 8)
     end = np.minimum(l3 + total, base + caplens)
     start = l3 + 20 + header
     udp_length = fields["udp_length"].astype(np.int64)
