@@ -475,7 +475,7 @@ class FastPath:
             else:
                 kind = analyzer_index.get(id(analyzer), 0) if not stream.buf and not stream.skip else 0
                 add((3, stream.next_seq, kind, to_server))
-        state_of, next_seq, kind, to_server_of = (np.array(column, np.int64) for column in zip(*rows))
+        state_of, next_seq, kind, to_server_of = (np.fromiter(column, np.int64, len(rows)) for column in zip(*rows))
         to_server_of = to_server_of.astype(bool)
         known = state_of > 0
         unrecognised = state_of == 1

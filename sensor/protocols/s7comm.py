@@ -334,9 +334,10 @@ def _next_tsdu(buf: bytes, start: int, size: int) -> tuple[int, bytes]:
         if code == COTP_DT:
             if li < 2:
                 raise Malformed(f"COTP DT length indicator {li}")
-            parts.append(buf[offset + TPKT.size + 1 + li : end])
+            data = buf[offset + TPKT.size + 1 + li : end]
             if buf[offset + 6] & COTP_EOT:
-                return end, b"".join(parts)
+                return end, b"".join(parts + [data]) if parts else data
+            parts.append(data)
             if end - start > MAX_TSDU_BYTES:
                 raise Malformed("COTP data without end of TSDU")
         elif code not in COTP_NON_DATA_CODES:
