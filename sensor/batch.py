@@ -126,13 +126,12 @@ def address_bytes(addresses: np.ndarray) -> list[bytes]:
     return addresses.astype(">u4").view("V4").tolist()
 
 
-def _unique_pairs(first: np.ndarray, second: np.ndarray) -> tuple[list, np.ndarray]:
-    """The distinct (first, second) pairs of two non-negative integer arrays (second < 2**32), as a
-    list of tuples, and each element's pair number (np.unique over rows is much slower)."""
+def _unique_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (first, second) pairs of two non-negative integer arrays (second < 2**32), as two
+    arrays, and each element's pair number (np.unique over rows is much slower)."""
     values, inverse = np.unique(first, return_inverse=True)
     keys, pair_of = np.unique(inverse.astype(np.int64) << 32 | second, return_inverse=True)
-    firsts = values[keys >> 32].tolist()
-    return list(zip(firsts, (keys & 0xFFFFFFFF).tolist())), pair_of.ravel()
+    return values[keys >> 32], keys & 0xFFFFFFFF, pair_of.ravel()
 
 
 def _prefix(ok: np.ndarray, group_start: np.ndarray) -> np.ndarray:
@@ -170,6 +169,7 @@ class FastPath:
     def __init__(self, flows: FlowTable, analyzers) -> None:
         self.flows = flows
         self._batch = self._headers = self._taken = self._early = None
+        self._macs_table, self._macs = None, set()
         self.analyzer_udp_port = np.zeros(65536, bool)  # lookup tables indexed by port number
         self.analyzer_udp_port[list(UDP_CANDIDATES)] = True
         self.server_port = np.zeros(65536, bool)
@@ -207,15 +207,14 @@ class FastPath:
             entries = self.flows.entries
             addresses = src[frames].astype(np.uint64) << np.uint64(32) | dst[frames].astype(np.uint64)
             ports = sport[frames] << 16 | dport[frames]
-            unique, group_of = _unique_pairs(addresses, ports)
-            known = np.array(
-                [
-                    ((a >> 32).to_bytes(4, "big"), (a & 0xFFFFFFFF).to_bytes(4, "big"), p >> 16, p & 0xFFFF, 17)
-                    in entries
-                    for a, p in unique
-                ],
-                bool,
+            addresses, ports, group_of = _unique_pairs(addresses, ports)
+            keys = zip(
+                address_bytes(addresses >> np.uint64(32)),
+                address_bytes(addresses & np.uint64(0xFFFFFFFF)),
+                (ports >> 16).tolist(),
+                (ports & 0xFFFF).tolist(),
             )
+            known = np.array([(*key, 17) in entries for key in keys], bool)
             frames = frames[~known[group_of]]
             if len(frames) == 0:
                 return
@@ -228,8 +227,8 @@ class FastPath:
         server = np.where(from_initiator, dst[frames], src[frames])
         server_port = np.where(from_initiator, d_port, s_port)
         stamps, sizes = batch.ts_ns[frames], batch.wirelens[frames]
-        pairs, pair_of = _unique_pairs(client, server)
-        count = len(pairs)
+        clients, servers, pair_of = _unique_pairs(client, server)
+        count = len(clients)
         packets = np.bincount(pair_of, minlength=count)
         size = np.bincount(pair_of, weights=sizes, minlength=count)
         order = np.argsort(pair_of, kind="stable")
@@ -238,8 +237,11 @@ class FastPath:
         high = np.maximum.reduceat(stamps[order], cuts)
         table = self.flows.table
         connections = []
-        for (c, v), n, b, first, last in zip(pairs, packets.tolist(), size.tolist(), low.tolist(), high.tolist()):
-            connection = table.connection(c.to_bytes(4, "big"), v.to_bytes(4, "big"))
+        rows = zip(
+            address_bytes(clients), address_bytes(servers), packets.tolist(), size.tolist(), low.tolist(), high.tolist()
+        )
+        for c, v, n, b, first, last in rows:
+            connection = table.connection(c, v)
             connection.packets += n
             connection.bytes += int(b)
             connection.discovered_ns = min(connection.discovered_ns, first)
@@ -255,10 +257,21 @@ class FastPath:
         order = np.lexsort((senders[:, 1], senders[:, 0]))
         senders = senders[order]
         first = np.r_[True, (senders[1:] != senders[:-1]).any(axis=1)]
-        for address, mac in senders[first].tolist():
-            table.add_mac(address.to_bytes(4, "big"), mac.to_bytes(6, "big"))
+        senders = senders[first]
+        recorded = self._recorded_macs(table)
+        for address, mac in zip(address_bytes(senders[:, 0]), senders[:, 1].tolist()):
+            if (address, mac) not in recorded:  # the same DNS clients and servers, chunk after chunk
+                recorded.add((address, mac))
+                table.add_mac(address, mac.to_bytes(6, "big"))
         if high.max() > self.flows.now_ns:
             self.flows.now_ns = int(high.max())
+
+    def _recorded_macs(self, table) -> set:
+        """(address, MAC) pairs stateless() gave ``table`` already (a new table, after a delta was
+        taken, starts empty)."""
+        if self._macs_table is not table:
+            self._macs_table, self._macs = table, set()
+        return self._macs
 
     def _flows_of(self, batch) -> _Early:
         """The batch's readable frames grouped by flow (both directions), for handshakes and early."""
