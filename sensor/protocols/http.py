@@ -15,6 +15,7 @@ METHODS = frozenset(
     b"GET POST HEAD PUT DELETE OPTIONS TRACE CONNECT PATCH PROPFIND PROPPATCH MKCOL COPY MOVE LOCK "
     b"UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT MERGE SUBSCRIBE UNSUBSCRIBE NOTIFY M-SEARCH".split()
 )
+COMMANDS = {method: ("http", method.decode()) for method in METHODS}
 MAX_HEAD = 64 * 1024  # a request or status line plus headers longer than this is not HTTP we follow
 
 # "METHOD SP request-target [SP HTTP/x.y]" (no version: HTTP/0.9, RFC 1945 section 4.1)
@@ -115,7 +116,7 @@ def parse(buf: bytes, to_server: bool, strict: bool = False):
     while pos < end:
         if to_server:
             line = REQUEST_LINE.match(buf, pos, pos + 4096)
-            if line is None or line.group(1) not in METHODS:
+            if line is None or (method := line.group(1)) not in METHODS:
                 if buf.find(b"\n", pos, pos + 4096) < 0 and end - pos < 4096:
                     break  # a request line still arriving
                 if strict:
@@ -123,9 +124,8 @@ def parse(buf: bytes, to_server: bool, strict: bool = False):
                 if (pos := _resync(buf, pos, NEXT_REQUEST)) >= end - 16:
                     break
                 continue
-            method = line.group(1)
             if not line.group(0).rstrip().endswith((b"HTTP/1.0", b"HTTP/1.1")):
-                commands.append(("http", method.decode()))  # HTTP/0.9 and HTTP/2-less lines: no headers
+                commands.append(COMMANDS[method])  # HTTP/0.9 and HTTP/2-less lines: no headers
                 pos = buf.index(b"\n", pos) + 1
                 continue
         elif not STATUS_LINE.match(buf, pos):
@@ -141,7 +141,7 @@ def parse(buf: bytes, to_server: bool, strict: bool = False):
             break
         head_end, headers = head
         if to_server:
-            commands.append(("http", method.decode()))
+            commands.append(COMMANDS[method])
             sender = headers.get(b"user-agent")
             key = "userAgent"
         else:
