@@ -187,27 +187,27 @@ class Store:
         }
         columns: dict[str, list] = {n: [] for n in ("f", "s", "ports", "protocols", "d", "l", "p", "b", "ua")}
         for key, record in zip(keys, delta.connections.values()):
-            ports = set(record.ports)
-            protocols = {name: set(commands) for name, commands in record.protocols.items()}
-            discovered, last_seen = _ms(record.discovered_ns), _ms(record.last_seen_ns)
-            packets, size, user_agent = record.packets, record.bytes, record.user_agent
             row = existing.get(key)
-            if row is not None:
-                ports.update(row[2])
+            if row is None:
+                ports, protocols = record.ports, record.protocols
+                discovered, last_seen = _ms(record.discovered_ns), _ms(record.last_seen_ns)
+                packets, size, user_agent = record.packets, record.bytes, record.user_agent
+                if last_seen < 0:  # commands recorded before the flow's first fold: times come with it
+                    discovered = last_seen = 0
+            else:
+                ports = set(record.ports) | set(row[2])
+                protocols = {name: set(commands) for name, commands in record.protocols.items()}
                 for entry in json.loads(row[3]):
                     protocols.setdefault(entry["name"], set()).update(entry["commands"])
-                discovered, last_seen = min(discovered, row[4]), max(last_seen, row[5])
-                packets, size = packets + row[6], size + row[7]
+                discovered = min(_ms(record.discovered_ns), row[4])
+                last_seen = max(_ms(record.last_seen_ns), row[5])
+                packets, size, user_agent = record.packets + row[6], record.bytes + row[7], record.user_agent
                 if row[8] and (user_agent is None or row[8] > user_agent):
                     user_agent = row[8]
-            if last_seen < 0:  # commands recorded before the flow's first fold: times come with it
-                discovered = last_seen = row[5] if row is not None else 0
             columns["f"].append(key[0])
             columns["s"].append(key[1])
             columns["ports"].append(sorted(ports))
-            columns["protocols"].append(
-                json.dumps([{"name": n, "commands": sorted(c)} for n, c in sorted(protocols.items())])
-            )
+            columns["protocols"].append(_protocols_json(protocols))
             columns["d"].append(discovered)
             columns["l"].append(last_seen)
             columns["p"].append(packets)
@@ -232,6 +232,11 @@ class Store:
         devices = cursor.execute("SELECT count(*) FROM devices").fetchone()[0]
         connections = cursor.execute("SELECT count(*) FROM connections").fetchone()[0]
         return devices, connections
+
+
+def _protocols_json(protocols: dict) -> str:
+    """``[{"name": ..., "commands": [...]}, ...]`` sorted by name and command, as DuckDB reads it back."""
+    return json.dumps([{"name": name, "commands": sorted(protocols[name])} for name in sorted(protocols)])
 
 
 class _Transaction:
