@@ -30,7 +30,10 @@ tree, from wait4) and the sampled sum of VmRSS over the child's process tree
 the script exits 1 only if a measured tool failed (non-zero exit, timeout, no
 JSON summary), printing the tail of its stderr; 2 on a usage error.
 
-The page cache is warmed (the file read once) before the first measurement. otsensor runs
+Before every measured run of otsensor or tshark the file is read once and the tool is started once,
+unmeasured (``otsensor --help``, ``tshark -v``), so that the page cache holds both the file and the
+tool's code (a kernel that reclaims idle pages would otherwise slow whichever tool ran after a pause;
+the project's VM does). otsensor runs
 with Python's default bytecode cache (PYTHONDONTWRITEBYTECODE is dropped from its
 environment), as an installed package does; its first run writes the cache.
 CPU seconds are shown next to wall seconds because shared machines are noisy;
@@ -234,6 +237,18 @@ def warm(path: str) -> None:
             pass
 
 
+def warm_before(path: str, start_cmd: list[str], env: dict | None = None) -> None:
+    """Before a measured run: read the capture once and start the tool once, unmeasured, so that the
+    page cache holds the file and the tool's own code. Some kernels reclaim pages idle for a minute
+    (seen on the project's VM: ~24 MB of otsensor's libraries read from disk again after 30 s idle,
+    and a third of the capture), which would otherwise slow whichever tool ran after a long pause."""
+    warm(path)
+    try:
+        subprocess.run(start_cmd, env=env, capture_output=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -431,6 +446,7 @@ def bench_otsensor(
     log("otsensor: %s" % " ".join(shlex.quote(c) for c in cmd))
     # Python's default: compiled modules cached in __pycache__ (some sandboxes switch that off).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    warm_before(path, base + ["--help"], env)
     r = run_measured(cmd, cwd=cwd, timeout=timeout, env=env)
     summary = None
     text = r.get("stdout", "").strip()
@@ -479,6 +495,7 @@ def bench_tshark(path: str, packets: int | None, timeout) -> dict:
     for f in TSHARK_FIELDS:
         cmd += ["-e", f]
     log("tshark: %s > /dev/null" % " ".join(shlex.quote(c) for c in cmd))
+    warm_before(path, [exe, "-v"])
     r = run_measured(cmd, stdout_path=os.devnull, timeout=timeout)
     r.pop("stdout", None)
     r["packets"] = packets
