@@ -7,10 +7,12 @@ Owns which packets skip the per-packet path and how their effects are applied; n
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from .flows import MAX_ERRORS, NOT_RECOGNISED, SEQ_MASK, UDP_CANDIDATES, FlowTable
 from .protocols.registry import SERVER_PORTS
+
+# _rows: the "row at every byte offset" view that readers gathers record headers with
+from .readers import _rows
 
 TCP_CONTROL = 0x07  # FIN, SYN, RST: they change flow state
 TCP_SYN = 0x02
@@ -53,23 +55,17 @@ IP_FIELDS = np.dtype(
 
 
 def _header_window(data, base: np.ndarray) -> np.ndarray:
-    """Bytes 12..59 from every base as an (n, 48) uint8 matrix, zeros past the end of the data.
-
-    One fancy index over a byte-strided (rows overlap) view copies 48 bytes per frame: the frames
-    are read from memory once, where a gather per field would read each of them some thirty times."""
+    """Bytes 12..59 from every base as an (n, 48) uint8 matrix, zeros past the end of the data (one
+    gather, where a gather per field would read each frame from memory some thirty times)."""
     raw = np.frombuffer(data, dtype=np.uint8)
     start = base + 12
     last = len(raw) - 48  # the last row that lies wholly inside the data
-    if last >= 0:
-        rows = as_strided(raw, shape=(last + 1, 48), strides=(1, 1), writeable=False)
-        window = rows[np.minimum(start, last)]
-    else:
-        window = np.zeros((len(base), 48), np.uint8)
+    window = _rows(raw, 48)[np.minimum(start, last)] if last >= 0 else np.zeros((len(base), 48), np.uint8)
     tail = np.flatnonzero(start > last)
     if len(tail):  # the data's last frames: read them from a zero-padded copy of the end
         begin = min(int(start[tail].min()), len(raw))
         padded = np.concatenate([raw[begin:], np.zeros(64, np.uint8)])
-        window[tail] = as_strided(padded, shape=(len(padded) - 47, 48), strides=(1, 1))[start[tail] - begin]
+        window[tail] = _rows(padded, 48)[start[tail] - begin]
     return window
 
 
@@ -88,8 +84,7 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     tagged = 4 * tag1 + 4 * tag2  # bytes of tags before the IP header
     # Each frame's IP header: window row i from column 2 + tags (column k is frame byte 12 + k).
     flat = window.reshape(-1)
-    rows = as_strided(flat, shape=(max(len(flat) - 35, 0), 36), strides=(1, 1), writeable=False)
-    fields = rows[np.arange(0, len(flat), 48) + 2 + tagged].view(IP_FIELDS)[:, 0]
+    fields = _rows(flat, 36)[np.arange(0, len(flat), 48) + 2 + tagged].view(IP_FIELDS)[:, 0]
     l3 = base + 14 + tagged
     usable = caplens >= l3 - base + 20
     l3 = np.where(usable, l3, 0)
@@ -251,8 +246,8 @@ class FastPath:
             connections[key >> 16].ports.add(key & 0xFFFF)
         # each sender's MAC, as the flow table records the first MAC of each direction
         raw = np.frombuffer(batch.data, dtype=np.uint8)
-        words = as_strided(raw, shape=(len(raw) - 7, 8), strides=(1, 1), writeable=False)  # frames are >= 42 bytes
-        macs = (words[batch.offsets[frames] + 4].view(">u8")[:, 0] & 0xFFFFFFFFFFFF).astype(np.int64)  # bytes 6..11
+        words = _rows(raw, 8)[batch.offsets[frames] + 4].view(">u8")[:, 0]  # frames are >= 42 bytes
+        macs = (words & 0xFFFFFFFFFFFF).astype(np.int64)  # bytes 6..11
         senders = np.stack([src[frames], macs], axis=1)
         order = np.lexsort((senders[:, 1], senders[:, 0]))
         senders = senders[order]
@@ -330,8 +325,8 @@ class FastPath:
         if not chosen.any():
             return np.zeros(0, np.int64)
         starts, syn, reply = starts[chosen], syn[chosen], reply[chosen]
-        buf = np.frombuffer(batch.data, dtype=np.uint8)
-        macs = buf[batch.offsets[np.r_[syn, reply]][:, None] + np.arange(6, 12)].view("V6").ravel().tolist()  # sources
+        raw = np.frombuffer(batch.data, dtype=np.uint8)
+        macs = _rows(raw, 6)[batch.offsets[np.r_[syn, reply]] + 6].view("V6").ravel().tolist()  # sources
         entries, flows = self.flows.entries, self.flows
         taken = []
         rows = zip(
@@ -480,7 +475,7 @@ class FastPath:
                 add(ONLY_COUNTS if analyzer is NOT_RECOGNISED else OTHER)
                 continue
             stream = flow.streams[0 if to_server else 1]
-            streams.append((stream, to_server))
+            streams.append(stream)
             if stream.errors >= MAX_ERRORS:  # this direction gave up parsing: it only counts
                 add((1, 0, 0, to_server))
             elif stream.next_seq is None or stream.pending:
@@ -539,12 +534,12 @@ class FastPath:
             # Each stream continues after its fast prefix: single PDUs first, then the run.
             last_named = named & ~np.r_[named[1:] & (g[1:] == g[:-1]), False]
             for j, end in zip(g[last_named].tolist(), ends[last_named].tolist()):
-                streams[j][0].next_seq = end
-                streams[j][0].errors = 0  # a PDU read
+                streams[j].next_seq = end
+                streams[j].errors = 0  # a PDU read
             if named.any():
                 fast[positions[named]] = True
                 # one (flow, command) per flow, both directions together: flow index, analyzer, code
-                flow_of = np.array(flow_index, np.int64)[g[named]]
+                flow_of = flow_of_group[g[named]]
                 names = self._names
                 for key in np.unique(flow_of << 24 | g_kind[named] << 16 | codes[named]).tolist():
                     code = key & 0xFFFFFF
@@ -590,7 +585,7 @@ class FastPath:
         deliver = self.flows.deliver_run
         for low, high in zip(cuts[:-1], cuts[1:]):
             j = groups[low]
-            stream = streams[j][0]
+            stream = streams[j]
             if high - low == 1:
                 piece = data[starts[low] : starts[low] + lengths[low]]
             else:
