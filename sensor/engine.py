@@ -10,7 +10,7 @@ from itertools import repeat
 
 import numpy as np
 
-from .batch import EARLY_ROUNDS, MIN_BATCH, FastPath
+from .batch import EARLY_ROUNDS, MIN_BATCH, FastPath, address_bytes
 from .connections import ConnectionTable
 from .decode import IPPROTO_TCP, LINKTYPE_ETHERNET, DecodeError, Decoder, Packet
 from .flows import FlowTable
@@ -25,8 +25,9 @@ def _read_tcp(headers, indices) -> list:
     """Per index: the TCP/IPv4 header fields the fast path read (as decode.py gives them), else None."""
     index = np.asarray(indices, np.int64)
     tcp = (headers.good[index] & (headers.proto[index] == IPPROTO_TCP)).tolist()
-    columns = (headers.src, headers.dst, headers.sport, headers.dport, headers.flags, headers.seq)
-    rows = zip(*(column[index].tolist() for column in columns + (headers.start, headers.length)))
+    columns = (headers.sport, headers.dport, headers.flags, headers.seq, headers.start, headers.length)
+    addresses = (address_bytes(headers.src[index]), address_bytes(headers.dst[index]))
+    rows = zip(*addresses, *(column[index].tolist() for column in columns))
     return [row if read else None for row, read in zip(rows, tcp)]
 
 
@@ -107,8 +108,8 @@ class Engine:
             if fields is not None:
                 src, dst, sport, dport, flags, seq, start, length = fields
                 packet = Packet(
-                    src.to_bytes(4, "big"), dst.to_bytes(4, "big"), IPPROTO_TCP, sport, dport, flags, seq,
-                    data[start : start + length], bytes(data[offset + 6 : offset + 12]),
+                    src, dst, IPPROTO_TCP, sport, dport, flags, seq, data[start : start + length],
+                    bytes(data[offset + 6 : offset + 12]),
                 )  # fmt: skip
             else:
                 try:
