@@ -170,18 +170,24 @@ class FlowTable:
 
     def _create(self, client: bytes, server: bytes, client_port: int, server_port: int, proto: int) -> Flow:
         flow = Flow(client, server, client_port, server_port, proto)
-        # Cached by the ports that matter (an analyzer's port, else -1), so the cache stays small.
-        by_port = TCP_CANDIDATES if proto == IPPROTO_TCP else UDP_CANDIDATES
-        ports = (proto, server_port if server_port in by_port else -1, client_port if client_port in by_port else -1)
-        candidates = self._candidates.get(ports)
-        if candidates is None:
-            candidates = self._candidates[ports] = _candidates(*ports)
+        candidates = self._candidates_of(flow)
         flow.candidates = list(candidates)
         if not candidates:
             flow.analyzer = NOT_RECOGNISED
             self.plain_udp += proto == IPPROTO_UDP
         self._index(flow)
         return flow
+
+    def _candidates_of(self, flow: Flow) -> tuple[Analyzer, ...]:
+        """:func:`_candidates` for the flow's protocol and ports, cached by the ports that matter (an
+        analyzer's port, else -1), so the cache stays small."""
+        by_port = TCP_CANDIDATES if flow.proto == IPPROTO_TCP else UDP_CANDIDATES
+        server, client = flow.server_port, flow.client_port
+        ports = (flow.proto, server if server in by_port else -1, client if client in by_port else -1)
+        candidates = self._candidates.get(ports)
+        if candidates is None:
+            candidates = self._candidates[ports] = _candidates(*ports)
+        return candidates
 
     def _index(self, flow: Flow) -> None:
         self.entries[(flow.client, flow.server, flow.client_port, flow.server_port, flow.proto)] = (flow, True)
@@ -466,9 +472,7 @@ class FlowTable:
                 ):
                     stale.append(flow)
         for flow in stale:
-            if flow.proto == IPPROTO_UDP and not (
-                flow.client_port in UDP_CANDIDATES or flow.server_port in UDP_CANDIDATES
-            ):
+            if flow.proto == IPPROTO_UDP and not self._candidates_of(flow):  # as _create counted it
                 self.plain_udp -= 1
             self.entries.pop((flow.client, flow.server, flow.client_port, flow.server_port, flow.proto), None)
             self.entries.pop((flow.server, flow.client, flow.server_port, flow.client_port, flow.proto), None)
