@@ -26,8 +26,13 @@ def merge_identity(into: dict[str, str], facts: dict[str, str]) -> None:
     """Identity facts of several PDUs: of two values of a field the greater wins, as everywhere in the
     sensor, so that the result does not depend on how PDUs are grouped into calls or ordered."""
     for key, value in facts.items():
-        if key not in into or value > into[key]:
-            into[key] = value
+        keep_greater(into, key, value)
+
+
+def keep_greater(into: dict[str, str], key: str, value: str) -> None:
+    """One identity fact, as :func:`merge_identity` merges it."""
+    if key not in into or value > into[key]:
+        into[key] = value
 
 
 class Malformed(ValueError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from . import Analyzer, Malformed
+from . import Analyzer, Malformed, keep_greater
 
 # Methods of RFC 9110 section 9, RFC 5789 (PATCH) and WebDAV (RFC 4918), as Wireshark's packet-http.c
 # recognises them at the start of a request line.
@@ -147,10 +147,8 @@ def parse(buf: bytes, to_server: bool, strict: bool = False):
         else:
             sender = headers.get(b"server")
             key = "server"
-        if sender is not None:  # as merge_identity: of several heads' values the greater wins
-            value = _text(sender)
-            if key not in identity or value > identity[key]:
-                identity[key] = value
+        if sender is not None:  # of several heads' values the greater wins
+            keep_greater(identity, key, _text(sender))
         body = _body_length(headers)
         if body is None:
             if strict:
