@@ -30,12 +30,12 @@ tree, from wait4) and the sampled sum of VmRSS over the child's process tree
 the script exits 1 only if a measured tool failed (non-zero exit, timeout, no
 JSON summary), printing the tail of its stderr; 2 on a usage error.
 
-Before every measured run of otsensor or tshark the file is read once and the tool is started once,
+Before every measured run the file is read once; otsensor and tshark are also started once,
 unmeasured (``otsensor --help``, ``tshark -v``), so that the page cache holds both the file and the
 tool's code (a kernel that reclaims idle pages would otherwise slow whichever tool ran after a pause;
-the project's VM does). otsensor runs
-with Python's default bytecode cache (PYTHONDONTWRITEBYTECODE is dropped from its
-environment), as an installed package does; its first run writes the cache.
+the project's VM does). otsensor runs with Python's default bytecode cache
+(PYTHONDONTWRITEBYTECODE is dropped from its environment), as an installed package does;
+its first run writes the cache.
 CPU seconds are shown next to wall seconds because shared machines are noisy;
 the load average at the start is printed with the machine line.
 """
@@ -513,6 +513,7 @@ def bench_tshark(path: str, packets: int | None, timeout) -> dict:
 def bench_snippet(name: str, snippet: str, path: str, limit: int, timeout) -> dict:
     cmd = [sys.executable, "-c", snippet, path, str(limit)]
     log("%s: PcapReader + dissect, first %d packets" % (name, limit) if name == "scapy" else "%s: whole file" % name)
+    warm(path)
     r = run_measured(cmd, timeout=timeout)
     out = r.pop("stdout", "")
     res = None
@@ -787,8 +788,6 @@ def main(argv=None) -> int:
 
     workdir = tempfile.mkdtemp(prefix="otsensor-ingest-")
     try:
-        log("warming the page cache")
-        warm(path)
         res = report["results"]
         # otsensor and tshark take turns, so that a slow spell of a shared machine hits both alike
         runs: dict[str, list] = {"otsensor": [], "tshark": []}
@@ -809,7 +808,6 @@ def main(argv=None) -> int:
         for key, measured in runs.items():
             res[key] = _median(measured) if measured else {"skipped": "--skip %s" % key}
         if mix2:
-            warm(mix2["path"])
             res["otsensor2x"] = bench_otsensor(
                 mix2["path"], mix2["packets"], workdir, "2x", a.timeout, frame_bytes(mix2["path"], mix2["packets"])
             )
