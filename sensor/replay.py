@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .engine import Engine
+from .engine import CHUNK, Engine
 from .readers import CaptureError, CaptureReader, iter_capture_files
 from .store import Store
 
@@ -74,7 +74,7 @@ def _replay(paths: list[str], store: Store, progress: bool) -> dict:
     bar = Progress(total) if progress else None
     for path in files:
         try:
-            reader = CaptureReader(path)
+            reader = CaptureReader(path, batch_size=CHUNK)
         except CaptureError as error:
             unreadable.append(f"{path}: {error}")
             continue
