@@ -21,11 +21,21 @@ MAX_HEAD = 64 * 1024  # a request or status line plus headers longer than this i
 # "METHOD SP request-target [SP HTTP/x.y]" (no version: HTTP/0.9, RFC 1945 section 4.1)
 REQUEST_LINE = re.compile(rb"([A-Z][A-Z-]{2,15}) +[^ \r\n]+(?: +HTTP/\d\.\d)? *\r?\n")
 STATUS_LINE = re.compile(rb"HTTP/\d\.\d +\d{3}")
+BLANK_LINE = re.compile(rb"\n\r?\n")  # the end of a head: a newline, then CRLF or a bare LF
 NEXT_REQUEST = re.compile(rb"\n(?=(?:" + b"|".join(sorted(METHODS)) + rb") )")
 NEXT_RESPONSE = re.compile(rb"\n(?=HTTP/\d\.\d \d{3})")
+
+
+def header_lines(*names: bytes) -> re.Pattern:
+    """The lines of the headers ``names`` in a head: "name [SP/HT]* : value", from the newline before
+    the line up to (not including) the newline that ends it.  A bytes pattern ignores ASCII case only,
+    as bytes.lower() does."""
+    return re.compile(rb"\n(" + b"|".join(map(re.escape, names)) + rb")[ \t]*:([^\n]*)", re.IGNORECASE)
+
+
 # Only the headers the sensor uses are looked up (identity and body framing), not every header.
-REQUEST_HEADERS = (b"user-agent", b"content-length", b"transfer-encoding")
-RESPONSE_HEADERS = (b"server", b"content-length", b"transfer-encoding")
+REQUEST_HEADERS = header_lines(b"user-agent", b"content-length", b"transfer-encoding")
+RESPONSE_HEADERS = header_lines(b"server", b"content-length", b"transfer-encoding")
 
 
 def _request_method(data: bytes) -> bytes | None:
@@ -48,43 +58,26 @@ def probe(data: bytes, to_server: bool) -> bool | None:
     return _request_method(data[: line_end + 1]) is not None
 
 
-def _head(buf: bytes, pos: int, names: tuple[bytes, ...]) -> tuple[int, dict[bytes, bytes]] | None:
+def _head(buf: bytes, pos: int, names: re.Pattern) -> tuple[int, dict[bytes, bytes]] | None:
     """End of the head starting at pos and its headers (names lower-case), or None if incomplete.
 
     The head ends at the first empty line: a newline followed by CRLF or by a bare LF."""
-    limit = pos + MAX_HEAD
-    crlf = buf.find(b"\n\r\n", pos, limit)
-    bare = buf.find(b"\n\n", pos, crlf + 2 if crlf >= 0 else limit)
-    if bare >= 0:
-        blank, end = bare, bare + 2
-    elif crlf >= 0:
-        blank, end = crlf, crlf + 3
-    else:
+    blank_line = BLANK_LINE.search(buf, pos, pos + MAX_HEAD)
+    if blank_line is None:
         if len(buf) - pos >= MAX_HEAD:
             raise Malformed("HTTP head longer than 64 KiB")
         return None
+    blank, end = blank_line.span()
     first_line_end = buf.index(b"\n", pos) + 1
     return end, _headers(buf, first_line_end, blank, names) if first_line_end < blank else {}
 
 
-def _headers(buf: bytes, begin: int, stop: int, names: tuple[bytes, ...]) -> dict[bytes, bytes]:
-    """The headers ``names`` among the header lines buf[begin:stop]: ``name [SP/HT]* : value``, the
-    value without surrounding spaces/tabs and its CR; of a repeated header the last one counts."""
-    lower = b"\n" + buf[begin:stop].lower()  # lower[i] is buf[begin + i - 1]
+def _headers(buf: bytes, begin: int, stop: int, names: re.Pattern) -> dict[bytes, bytes]:
+    """The headers ``names`` matches among the header lines buf[begin:stop]: ``name [SP/HT]* : value``,
+    the value without surrounding spaces/tabs and its CR; of a repeated header the last one counts."""
     found = {}
-    for name in names:
-        at = len(lower)
-        while (at := lower.rfind(b"\n" + name, 0, at)) >= 0:
-            colon = at + 1 + len(name)
-            if not lower.startswith(b":", colon):  # ":" after optional spaces/tabs
-                while lower[colon : colon + 1] in (b" ", b"\t"):
-                    colon += 1
-                if lower[colon : colon + 1] != b":":
-                    continue
-            line_end = lower.find(b"\n", colon)
-            value = buf[begin + colon : begin + (len(lower) if line_end < 0 else line_end) - 1]
-            found[name] = (value[:-1] if value.endswith(b"\r") else value).strip(b" \t")
-            break
+    for name, value in names.findall(buf, begin - 1, stop):  # buf[begin - 1] ends the line before
+        found[name.lower()] = (value[:-1] if value.endswith(b"\r") else value).strip(b" \t")
     return found
 
 
