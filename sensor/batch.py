@@ -129,6 +129,13 @@ def _unique_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np
     return values[keys >> 32], keys & 0xFFFFFFFF, pair_of.ravel()
 
 
+def _distinct(values: np.ndarray) -> list[int]:
+    """The distinct values, ascending, as a list.  (Plain np.unique asks numpy.ma whether the array is
+    masked, and importing numpy.ma costs a replay ~15 ms.)"""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]].tolist() if len(values) else []
+
+
 def _prefix(ok: np.ndarray, group_start: np.ndarray) -> np.ndarray:
     """Within each group (contiguous, starting at group_start), True up to the first False."""
     bad = np.cumsum(~ok)
@@ -242,7 +249,7 @@ class FastPath:
             connection.discovered_ns = min(connection.discovered_ns, first)
             connection.last_seen_ns = max(connection.last_seen_ns, last)
             connections.append(connection)
-        for key in np.unique(pair_of * 65536 + server_port).tolist():
+        for key in _distinct(pair_of * 65536 + server_port):
             connections[key >> 16].ports.add(key & 0xFFFF)
         # each sender's MAC, as the flow table records the first MAC of each direction
         raw = np.frombuffer(batch.data, dtype=np.uint8)
@@ -541,7 +548,7 @@ class FastPath:
                 # one (flow, command) per flow, both directions together: flow index, analyzer, code
                 flow_of = flow_of_group[g[named]]
                 names = self._names
-                for key in np.unique(flow_of << 24 | g_kind[named] << 16 | codes[named]).tolist():
+                for key in _distinct(flow_of << 24 | g_kind[named] << 16 | codes[named]):
                     code = key & 0xFFFFFF
                     if code not in names:
                         names[code] = self.analyzers[(code >> 16) - 1].command(code & 0xFFFF)
@@ -554,7 +561,7 @@ class FastPath:
                 )
 
         handled = bulk | fast
-        for j in np.unique(group[handled & control]).tolist():
+        for j in _distinct(group[handled & control]):
             owners[j].closed = True  # what FlowTable._control does with a FIN or RST
         leftover = ~self._taken
         leftover[frames[handled]] = False
