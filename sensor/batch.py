@@ -136,6 +136,22 @@ def _distinct(values: np.ndarray) -> list[int]:
     return values[np.r_[True, values[1:] != values[:-1]]].tolist() if len(values) else []
 
 
+def _grouped(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Positions grouped by their (low, high) pair, ascending within each group (what a stable sort
+    by the pair gives, groups in another order).  One sort of uint64 values, each a hash of the pair
+    with the position in its low bits: several times faster than np.lexsort over the two keys.  Two
+    pairs with the same hash bits would share a group: then the lexsort is done after all."""
+    n = len(low)
+    bits = max(n - 1, 1).bit_length()
+    mixed = low * np.uint64(0x9E3779B97F4A7C15) ^ high * np.uint64(0xC2B2AE3D27D4EB4F)
+    keys = np.sort(mixed >> np.uint64(bits) << np.uint64(bits) | np.arange(n, dtype=np.uint64))
+    order = (keys & np.uint64((1 << bits) - 1)).astype(np.int64)
+    hashes, low, high = keys >> np.uint64(bits), low[order], high[order]
+    if ((hashes[1:] == hashes[:-1]) & ((low[1:] != low[:-1]) | (high[1:] != high[:-1]))).any():
+        return np.lexsort((high, low))
+    return order
+
+
 def _prefix(ok: np.ndarray, group_start: np.ndarray) -> np.ndarray:
     """Within each group (contiguous, starting at group_start), True up to the first False."""
     bad = np.cumsum(~ok)
@@ -284,7 +300,7 @@ class FastPath:
         one = (h.src[frames].astype(np.uint64) << np.uint64(16)) | h.sport[frames].astype(np.uint64)
         other = (h.dst[frames].astype(np.uint64) << np.uint64(16)) | h.dport[frames].astype(np.uint64)
         low, high = np.minimum(one, other), (np.maximum(one, other) << np.uint64(8)) | h.proto[frames].astype(np.uint64)
-        order = np.lexsort((high, low))  # stable: capture order within each flow
+        order = _grouped(low, high)
         low, high = low[order], high[order]
         first = np.ones(len(order), bool)
         first[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])

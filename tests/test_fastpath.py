@@ -243,3 +243,41 @@ def test_fast_header_fields_are_the_decoders(events, tags, mutations):
                 packet.seq,
             )
             assert bytes(frame[start : start + int(h.length[i])]) == bytes(packet.payload)
+
+
+def _groups(order: np.ndarray, low: np.ndarray, high: np.ndarray) -> list[list[int]]:
+    """The positions of each (low, high) pair, in the order ``order`` lists them (pairs must be contiguous)."""
+    groups: list[list[int]] = []
+    seen = set()
+    for position in order.tolist():
+        pair = (int(low[position]), int(high[position]))
+        if not groups or pair != (int(low[groups[-1][0]]), int(high[groups[-1][0]])):
+            assert pair not in seen, f"pair {pair} is split over two groups"
+            seen.add(pair)
+            groups.append([])
+        groups[-1].append(position)
+    return groups
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 7), max_size=300), st.integers(0, 2**32))
+def test_flow_grouping_is_a_stable_grouping(pairs, seed):
+    """_flows_of groups frames by flow with one hashed sort: every flow's positions together, in
+    capture order, as the lexsort it replaces gives them."""
+    rng = np.random.default_rng(seed)
+    lows, highs = rng.integers(0, 2**48, 8, dtype=np.uint64), rng.integers(0, 2**56, 8, dtype=np.uint64)
+    low, high = lows[pairs], highs[pairs]
+    groups = _groups(batch_module._grouped(low, high), low, high)
+    assert sorted(map(tuple, groups)) == sorted(map(tuple, _groups(np.lexsort((high, low)), low, high)))
+
+
+def test_flow_grouping_holds_when_hashes_collide():
+    """Two flows whose hashes are equal are still two groups (the lexsort is done instead)."""
+    a, b = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F  # the multipliers of batch._grouped
+    mask = 2**64 - 1
+    low1, high1, low2 = 0x0A000001_01F6, 0x0A000002_C350_06, 0x0A000003_01F6
+    high2 = ((low1 * a ^ high1 * b ^ low2 * a) * pow(b, -1, 2**64)) & mask  # same hash as the first pair
+    assert (low1 * a ^ high1 * b) & mask == (low2 * a ^ high2 * b) & mask
+    low = np.array([low1, low2, low1, low2, low2, low1], np.uint64)
+    high = np.array([high1, high2, high1, high2, high2, high1], np.uint64)
+    assert sorted(_groups(batch_module._grouped(low, high), low, high)) == [[0, 2, 5], [1, 3, 4]]
