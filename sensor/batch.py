@@ -11,7 +11,7 @@ import numpy as np
 from .flows import MAX_ERRORS, NOT_RECOGNISED, SEQ_MASK, UDP_CANDIDATES, FlowTable
 from .protocols.registry import SERVER_PORTS
 
-# _rows: the "row at every byte offset" view that readers gathers record headers with
+# _rows: the gather of fixed-width rows at byte offsets that readers reads record headers with
 from .readers import _rows
 
 TCP_CONTROL = 0x07  # FIN, SYN, RST: they change flow state
@@ -60,12 +60,12 @@ def _header_window(data, base: np.ndarray) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8)
     start = base + 12
     last = len(raw) - 48  # the last row that lies wholly inside the data
-    window = _rows(raw, 48)[np.minimum(start, last)] if last >= 0 else np.zeros((len(base), 48), np.uint8)
+    window = _rows(raw, np.minimum(start, last), 48) if last >= 0 else np.zeros((len(base), 48), np.uint8)
     tail = np.flatnonzero(start > last)
     if len(tail):  # the data's last frames: read them from a zero-padded copy of the end
         begin = min(int(start[tail].min()), len(raw))
         padded = np.concatenate([raw[begin:], np.zeros(64, np.uint8)])
-        window[tail] = _rows(padded, 48)[start[tail] - begin]
+        window[tail] = _rows(padded, start[tail] - begin, 48)
     return window
 
 
@@ -84,7 +84,7 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     tagged = 4 * tag1 + 4 * tag2  # bytes of tags before the IP header
     # Each frame's IP header: window row i from column 2 + tags (column k is frame byte 12 + k).
     flat = window.reshape(-1)
-    fields = _rows(flat, 36)[np.arange(0, len(flat), 48) + 2 + tagged].view(IP_FIELDS)[:, 0]
+    fields = _rows(flat, np.arange(0, len(flat), 48) + 2 + tagged, 36).view(IP_FIELDS)[:, 0]
     l3 = base + 14 + tagged
     usable = caplens >= l3 - base + 20
     l3 = np.where(usable, l3, 0)
@@ -269,7 +269,7 @@ class FastPath:
             connections[key >> 16].ports.add(key & 0xFFFF)
         # each sender's MAC, as the flow table records the first MAC of each direction
         raw = np.frombuffer(batch.data, dtype=np.uint8)
-        words = _rows(raw, 8)[batch.offsets[frames] + 4].view(">u8")[:, 0]  # frames are >= 42 bytes
+        words = _rows(raw, batch.offsets[frames] + 4, 8).view(">u8")[:, 0]  # frames are >= 42 bytes
         macs = (words & 0xFFFFFFFFFFFF).astype(np.int64)  # bytes 6..11
         senders = np.stack([src[frames], macs], axis=1)
         order = np.lexsort((senders[:, 1], senders[:, 0]))
@@ -349,7 +349,7 @@ class FastPath:
             return np.zeros(0, np.int64)
         starts, syn, reply = starts[chosen], syn[chosen], reply[chosen]
         raw = np.frombuffer(batch.data, dtype=np.uint8)
-        macs = _rows(raw, 6)[batch.offsets[np.r_[syn, reply]] + 6].view("V6").ravel().tolist()  # sources
+        macs = _rows(raw, batch.offsets[np.r_[syn, reply]] + 6, 6).view("V6").ravel().tolist()  # sources
         entries, flows = self.flows.entries, self.flows
         taken = []
         rows = zip(

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-# _rows: the "row at every byte offset" view that readers gathers record headers with
+# _rows: the gather of fixed-width rows at byte offsets that readers reads record headers with
 from .readers import LINKTYPE_ETHERNET, LINKTYPE_RAW, FrameBatch, _rows
 
 # --- Kernel constants (linux/if_packet.h, linux/if_ether.h, asm-generic/socket.h) --------------------
@@ -259,7 +259,7 @@ class Capture:
             starts[i] = pos
             pos += words[pos >> 2]
         start = np.frombuffer(starts, np.int64)
-        hdr = _rows(np.frombuffer(data, np.uint8), _PKT_HDR.itemsize)[start].view(_PKT_HDR)[:, 0]
+        hdr = _rows(np.frombuffer(data, np.uint8), start, _PKT_HDR.itemsize).view(_PKT_HDR)[:, 0]
         offsets = start + hdr["mac"]
         caplens = hdr["snaplen"].astype(np.int64)
         wirelens = hdr["len"].astype(np.int64)
