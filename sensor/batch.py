@@ -542,25 +542,31 @@ class FastPath:
             before = np.cumsum(lengths) - lengths
             expected = (next_seq[g] + before - before[group_start]) & SEQ_MASK
             in_order = _prefix((expected == seq[positions]) & ~barrier[positions], group_start)
+            whole = np.zeros(len(positions), bool)
             named = np.zeros(len(positions), bool)
             codes = np.zeros(len(positions), np.int64)
             g_kind = kind[g]
             for index, analyzer in enumerate(self.analyzers, start=1):
                 mine = np.flatnonzero(g_kind == index)
                 if len(mine):
-                    named[mine], codes[mine] = analyzer.batch(
+                    whole[mine], named[mine], codes[mine] = analyzer.batch(
                         batch.data, start[positions[mine]], lengths[mine], to_server_of[g[mine]]
                     )
-            named = in_order & _prefix(named, group_start)
-            run = in_order & ~named
+            # From the head of each stream, segments holding one whole PDU each: every one starts where
+            # a PDU starts, so each is read on its own, from a table where the analyzer can name it.
+            whole = in_order & _prefix(whole, group_start)
+            limit = self._singles(batch, start[positions], lengths, g, whole & ~named, owners, streams)
+            taken = whole & (np.arange(len(positions)) < limit[g]) if limit is not None else whole
+            named &= taken
+            run = in_order & ~whole & (limit[g] == len(positions) if limit is not None else True)
             ends = (seq[positions] + lengths) & SEQ_MASK
             # Each stream continues after its fast prefix: single PDUs first, then the run.
-            last_named = named & ~np.r_[named[1:] & (g[1:] == g[:-1]), False]
-            for j, end in zip(g[last_named].tolist(), ends[last_named].tolist()):
+            last_taken = taken & ~np.r_[taken[1:] & (g[1:] == g[:-1]), False]
+            for j, end in zip(g[last_taken].tolist(), ends[last_taken].tolist()):
                 streams[j].next_seq = end
                 streams[j].errors = 0  # a PDU read
+            fast[positions[taken]] = True
             if named.any():
-                fast[positions[named]] = True
                 # one (flow, command) per flow, both directions together: flow index, analyzer, code
                 flow_of = flow_of_group[g[named]]
                 names = self._names
@@ -598,6 +604,29 @@ class FastPath:
                 np.maximum.reduceat(stamps, cuts).tolist(),
             )
         return np.flatnonzero(leftover), (update, commands)
+
+    def _singles(self, batch, starts, lengths, groups, single, owners, streams) -> np.ndarray | None:
+        """Parse the whole-PDU segments where ``single`` that no table names, one by one in capture
+        order within each group.  Returns None if all were read, else per group the index (into these
+        arrays) where its fast part ends: at a segment whose parse failed (nothing changed; the
+        per-packet path resynchronises on it) or after one that left bytes over."""
+        single = np.flatnonzero(single)
+        if not len(single):
+            return None
+        data = memoryview(batch.data)
+        deliver = self.flows.deliver_run
+        limit = None
+        rows = zip(single.tolist(), groups[single].tolist(), starts[single].tolist(), lengths[single].tolist())
+        for i, j, begin, size in rows:
+            if limit is not None and limit[j] < len(starts):
+                continue  # this group stopped at an earlier segment
+            stream = streams[j]
+            ok = deliver(owners[j], stream, data[begin : begin + size])
+            if not ok or stream.buf or stream.skip:
+                if limit is None:
+                    limit = np.full(len(streams), len(starts), np.int64)
+                limit[j] = i + 1 if ok else i
+        return limit
 
     def _runs(self, batch, starts, lengths, ends, groups, owners, streams, fast, positions) -> None:
         """Deliver each direction's run of in-order segments as one piece; a run whose parse fails is

@@ -105,13 +105,20 @@ PAYLOADS = {
     "http chunked head": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
     "tls": bytes.fromhex("160301002a0100002603035a5b"),
     "garbage": b"\x00\xff\x13\x37 garbage\n",
+    # S7comm over COTP (TPKT, DT with EOT): a Job the fast path names from its table, a user-data
+    # request it parses on its own, a DT whose data is no S7 (that parse fails), a connection request
+    "s7 read var": bytes.fromhex("0300001f02f080320100000001000e00000401120a10020001000084000000"),
+    "s7 szl request": bytes.fromhex("0300002102f080320700000002000800080001120411440100ff09000400110000"),
+    "s7 not s7": bytes.fromhex("0300000b02f080abcdef01"),
+    "cotp cr": bytes.fromhex("0300001611e00000000100c0010ac1020100c2020102"),
 }
 FLAGS = {"syn": 0x02, "syn-ack": 0x12, "ack": 0x10, "data": 0x18, "fin": 0x11, "rst": 0x14}
 SEQ = ("next", "next", "next", "retransmit", "gap")
-SERVER_PORTS = (502, 80, 8080, 4000, 53, 48899)  # flows 4 and 5 are UDP
+SERVER_PORTS = (502, 80, 8080, 4000, 53, 48899, 102)  # flows 4 and 5 are UDP
+UDP_FLOWS = (4, 5)
 
 event = st.tuples(
-    st.integers(0, 5),  # flow
+    st.integers(0, 6),  # flow
     st.booleans(),  # sent by the client
     st.sampled_from(sorted(FLAGS) + ["burst"]),  # a burst: nine data segments of the payload
     st.sampled_from(sorted(PAYLOADS)),
@@ -138,7 +145,7 @@ def _frames(events, vlan: bool) -> list[bytes]:
         seqs[key] = (seq + len(payload) + (1 if kind in ("syn", "syn-ack") else 0)) & 0xFFFFFFFF
         src, dst = (client, server) if from_client else (server, client)
         sport, dport = (client_port, server_port) if from_client else (server_port, client_port)
-        if flow >= 4:
+        if flow in UDP_FLOWS:
             transport, proto = struct.pack(">HHHH", sport, dport, 8 + len(payload), 0), 17
         else:
             transport, proto = struct.pack(">HHIIBBHHH", sport, dport, seq, 0, 0x50, FLAGS[kind], 65535, 0, 0), 6
@@ -176,7 +183,7 @@ def _table_of(frames, vectorised: bool, jitter=(0,), batches: int = 1):
 @settings(max_examples=400, deadline=None)
 @given(
     st.lists(event, min_size=1, max_size=60),
-    st.sets(st.integers(0, 3)),
+    st.sets(st.sampled_from([0, 1, 2, 3, 6])),  # the TCP flows
     st.booleans(),
     st.sampled_from([4, 16, 65536]),
     st.lists(st.integers(-3000, 0), min_size=1, max_size=5),
@@ -194,6 +201,39 @@ def test_random_conversations_give_the_scalar_result(events, handshakes, vlan, c
         patch.setattr(engine_module, "CHUNK", chunk)
         fast = _table_of(frames, True, jitter, batches)
         assert fast == _table_of(frames, False, jitter, batches)
+
+
+S7_PAYLOADS = ["s7 read var", "s7 szl request", "s7 not s7", "cotp cr", "modbus request", "none"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.just(6),
+            st.booleans(),
+            st.sampled_from(["data", "burst", "fin"]),
+            st.sampled_from(S7_PAYLOADS),
+            st.sampled_from(SEQ),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from([4, 16, 65536]),
+)
+def test_s7_conversations_give_the_scalar_result(events, chunk):
+    """An S7comm flow opened by a handshake and a COTP connection request, then Jobs (named from a
+    table), user data (each segment parsed on its own), DTs whose data is not S7 (that parse fails:
+    the rest of the chunk goes packet by packet), retransmissions and gaps, chunks cut anywhere: the
+    fast path's table equals the scalar one."""
+    opening = [(6, True, "syn", "none", "next"), (6, False, "syn-ack", "none", "next")]
+    opening += [(6, True, "data", "cotp cr", "next"), (6, False, "data", "cotp cr", "next")]
+    frames = _frames(opening + events, False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine_module, "MIN_BATCH", 1)
+        patch.setattr(engine_module, "CHUNK", chunk)
+        fast = _table_of(frames, True)
+        assert fast == _table_of(frames, False)
 
 
 @settings(max_examples=300, deadline=None)

@@ -52,9 +52,9 @@ class Analyzer:
     any_tcp_port: bool = False  # probed on every TCP flow (HTTP)
     datagram: bool = False  # UDP: every datagram is parsed on its own
     # Optional vectorised framing for the batch fast path: ``batch(data, starts, lengths, to_server)``
-    # returns
-    # (ok, code) arrays — ok where a segment holds exactly one PDU that parse would name from a table
-    # alone (no identity to read) — and ``command(code)`` the (protocol, command) pair or None.
+    # returns (whole, named, code) arrays — whole where a segment holds exactly one complete PDU as
+    # parse frames it; named where, besides, parse would name it from a table alone (no identity to
+    # read, no state), by ``code`` — and ``command(code)`` the (protocol, command) pair or None.
     batch: Callable | None = None
     command: Callable[[int], tuple[str, str] | None] | None = None
     # The parse for several in-order segments at once (the fast path's runs); it must raise

@@ -108,7 +108,8 @@ def parse_udp(buf: bytes, to_server: bool):
 
 
 def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
-    """Segments holding exactly one AMS/TCP packet; Read Device Info replies (identity) left to parse."""
+    """Segments holding exactly one AMS/TCP packet; all but Read Device Info replies (identity) are
+    named by their command id."""
     buf = np.frombuffer(data, dtype=np.uint8)
     last = len(buf) - 1
 
@@ -118,9 +119,9 @@ def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
     length = byte(2) | byte(3) << 8 | byte(4) << 16 | byte(5) << 24
     command_id = byte(22) | byte(23) << 8
     response = (byte(24) & STATE_RESPONSE) != 0
-    ok = (lengths >= 6 + AMS_HEADER_SIZE) & (byte(0) == 0) & (byte(1) == 0) & (length + 6 == lengths)
-    ok &= (length <= MAX_AMS_LENGTH) & ~((command_id == 1) & response)
-    return ok, command_id
+    whole = (lengths >= 6 + AMS_HEADER_SIZE) & (byte(0) == 0) & (byte(1) == 0) & (length + 6 == lengths)
+    whole &= length <= MAX_AMS_LENGTH
+    return whole, whole & ~((command_id == 1) & response), command_id
 
 
 def command(code: int) -> tuple[str, str]:

@@ -97,8 +97,8 @@ def parse(buf: bytes, to_server: bool):
 
 
 def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
-    """Segments holding exactly one ADU (MBAP length + 6 == segment length); replies of function 43
-    (Read Device Identification: identity to read) are left to parse."""
+    """Segments holding exactly one ADU (MBAP length + 6 == segment length); all but the replies of
+    function 43 (Read Device Identification: identity to read) are named by their function code."""
     buf = np.frombuffer(data, dtype=np.uint8)
     last = len(buf) - 1
 
@@ -107,9 +107,9 @@ def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
 
     length = byte(4) << 8 | byte(5)
     function = byte(7)
-    ok = (lengths >= 8) & (byte(2) == 0) & (byte(3) == 0) & (length >= 2) & (length <= MAX_LENGTH)
-    ok &= (length + 6 == lengths) & (to_server | ((function & 0x7F) != 43))
-    return ok, function & 0x7F
+    whole = (lengths >= 8) & (byte(2) == 0) & (byte(3) == 0) & (length >= 2) & (length <= MAX_LENGTH)
+    whole &= length + 6 == lengths
+    return whole, whole & (to_server | ((function & 0x7F) != 43)), function & 0x7F
 
 
 def command(code: int) -> tuple[str, str]:

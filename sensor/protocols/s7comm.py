@@ -513,22 +513,24 @@ def _text(raw: bytes) -> str:
 
 
 def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
-    """Segments holding exactly one TPKT with one complete COTP DT (LI 2, EOT) carrying a Job or
-    Ack_Data S7comm PDU with a parameter part: named by its function code.  User-data (identity,
-    subfunction tables), S7comm-plus and split PDUs are left to parse."""
+    """Segments holding exactly one TPKT with one complete COTP DT (EOT set); of those, the Job and
+    Ack_Data S7comm PDUs with a parameter part are named by their function code.  User-data (identity,
+    subfunction tables), S7comm-plus and the rest are parsed."""
     buf = np.frombuffer(data, dtype=np.uint8)
     last = len(buf) - 1
 
     def byte(k) -> np.ndarray:
         return buf[np.minimum(starts + k, last)].astype(np.int64)
 
+    li = byte(4)
+    whole = (lengths >= 7) & (byte(0) == TPKT_VERSION) & ((byte(2) << 8 | byte(3)) == lengths)
+    whole &= (li >= 2) & (li + 1 <= lengths - TPKT.size) & ((byte(5) & 0xF0) == COTP_DT) & ((byte(6) & COTP_EOT) != 0)
     rosctr = byte(8)
     header = np.where(rosctr == ROSCTR_JOB, S7_HEADER.size, S7_HEADER.size + 2)
-    ok = (lengths >= 7 + S7_HEADER.size + 3) & (byte(0) == TPKT_VERSION) & ((byte(2) << 8 | byte(3)) == lengths)
-    ok &= (byte(4) == 2) & ((byte(5) & 0xF0) == COTP_DT) & ((byte(6) & COTP_EOT) != 0) & (byte(7) == S7COMM_PROT_ID)
-    ok &= ((rosctr == ROSCTR_JOB) | (rosctr == ROSCTR_ACK_DATA)) & ((byte(13) << 8 | byte(14)) > 0)
-    ok &= lengths > 7 + header
-    return ok, byte(7 + header)
+    named = whole & (li == 2) & (lengths >= 7 + S7_HEADER.size + 3) & (byte(7) == S7COMM_PROT_ID)
+    named &= ((rosctr == ROSCTR_JOB) | (rosctr == ROSCTR_ACK_DATA)) & ((byte(13) << 8 | byte(14)) > 0)
+    named &= lengths > 7 + header
+    return whole, named, byte(7 + header)
 
 
 def command(code: int) -> tuple[str, str]:
