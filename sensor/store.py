@@ -236,6 +236,8 @@ class Store:
 
 def _protocols_json(protocols: dict) -> str:
     """``[{"name": ..., "commands": [...]}, ...]`` sorted by name and command, as DuckDB reads it back."""
+    if not protocols:  # TLS, DNS and the like: no protocol the sensor names
+        return "[]"
     return json.dumps([{"name": name, "commands": sorted(protocols[name])} for name in sorted(protocols)])
 
 
