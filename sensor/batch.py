@@ -35,6 +35,8 @@ class Headers:
 
 TAGS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad and the pre-standard QinQ type, as decode.py reads them
 CARRIERS = TAGS + (0x0800, 0x86DD, 0x8847, 0x8848, 0x8864)  # IP, tags, MPLS, PPPoE session
+IS_TAG, IS_CARRIER = np.zeros(1 << 16, bool), np.zeros(1 << 16, bool)  # by ethertype
+IS_TAG[list(TAGS)] = IS_CARRIER[list(CARRIERS)] = True
 
 
 # Bytes 12..59 of a frame hold the ethertype, up to two tags, the IPv4 header without options and the
@@ -75,12 +77,12 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     # Up to two tags (QinQ); a third is left to decode.py.
     link = window.view(LINK_FIELDS)[:, 0]
     ethertype = link["ethertype"].astype(np.int64)
-    tag1 = np.isin(ethertype, TAGS) & (caplens >= 18)
+    tag1 = IS_TAG[ethertype] & (caplens >= 18)
     ethertype = np.where(tag1, link["inner"], ethertype)
-    tag2 = tag1 & np.isin(ethertype, TAGS) & (caplens >= 22)
+    tag2 = tag1 & IS_TAG[ethertype] & (caplens >= 22)
     ethertype = np.where(tag2, link["inner2"], ethertype)
     h = Headers()
-    h.non_ip = (caplens >= 14) & ~np.isin(ethertype, CARRIERS)
+    h.non_ip = (caplens >= 14) & ~IS_CARRIER[ethertype]
     tagged = 4 * tag1 + 4 * tag2  # bytes of tags before the IP header
     # Each frame's IP header: window row i from column 2 + tags (column k is frame byte 12 + k).
     flat = window.reshape(-1)
@@ -92,7 +94,7 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
     proto = fields["proto"].astype(np.int64)
     tcp, udp = proto == 6, proto == 17
     other = ~tcp & ~udp  # ICMP and the rest: a flow with ports 0, as decode.py makes it
-    header = np.where(tcp, (fields["offset"] >> 4).astype(np.int64) << 2, udp * 8)
+    header = np.where(tcp, (fields["offset"] >> 4) << 2, udp * np.uint8(8))  # uint8: at most 60
     end = np.minimum(l3 + total, base + caplens)
     start = l3 + 20 + header
     udp_length = fields["udp_length"].astype(np.int64)
@@ -107,12 +109,12 @@ def ipv4_headers(data, offsets: np.ndarray, caplens: np.ndarray) -> Headers:
         & (start <= end)
     )
     h.src, h.dst = fields["src"].astype(np.int64), fields["dst"].astype(np.int64)
-    h.sport = np.where(other, 0, fields["sport"].astype(np.int64))
-    h.dport = np.where(other, 0, fields["dport"].astype(np.int64))
-    h.proto = proto
-    h.flags = np.where(tcp, fields["flags"].astype(np.int64), 0)
-    h.seq = np.where(tcp, fields["seq"].astype(np.int64), 0)
-    h.start, h.length = start, np.where(other, 0, end - start)  # no payload beyond TCP/UDP, as decode.py
+    h.sport, h.dport = fields["sport"].astype(np.int64), fields["dport"].astype(np.int64)
+    h.flags, h.seq = fields["flags"].astype(np.int64), fields["seq"].astype(np.int64)
+    h.length = end - start
+    h.sport[other] = h.dport[other] = h.length[other] = 0  # no ports nor payload beyond TCP/UDP, as decode.py
+    h.flags[~tcp] = h.seq[~tcp] = 0
+    h.proto, h.start = proto, start
     return h
 
 
