@@ -18,8 +18,8 @@ from .protocols.registry import ANALYZERS
 from .readers import FrameBatch
 
 # Frames per fast-path step.  Flow lookups and per-flow Python work are per flow direction per chunk, so
-# larger chunks do less of it; 2**18 frames took the bench mix's engine time from ~1.4 to ~1.25 s, at
-# ~70 MB more peak numpy memory than 2**16 (2**19 was no faster).  Replay reads batches of this size.
+# larger chunks do less of it; 2**18 frames took the bench mix's engine time from ~1.4 to ~1.25 s, for
+# ~150 MB more peak RSS than 2**16 (2**19 was no faster).  Replay reads batches of this size.
 CHUNK = 1 << 18
 FOLD_EVERY = 1 << 18  # packets between folds of flow counters into the table (and flow eviction)
 
