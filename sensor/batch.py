@@ -138,20 +138,30 @@ def _distinct(values: np.ndarray) -> list[int]:
     return values[np.r_[True, values[1:] != values[:-1]]].tolist() if len(values) else []
 
 
-def _grouped(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+def _grouped(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions grouped by their (low, high) pair, ascending within each group (what a stable sort
-    by the pair gives, groups in another order).  One sort of uint64 values, each a hash of the pair
-    with the position in its low bits: several times faster than np.lexsort over the two keys.  Two
-    pairs with the same hash bits would share a group: then the lexsort is done after all."""
+    by the pair gives, groups in another order), and where in that order each group starts.  One sort
+    of uint64 values, each a hash of the pair with the position in its low bits: several times faster
+    than np.lexsort over the two keys.  Two pairs with the same hash bits would share a group: then
+    the lexsort is done after all."""
     n = len(low)
     bits = max(n - 1, 1).bit_length()
     mixed = low * np.uint64(0x9E3779B97F4A7C15) ^ high * np.uint64(0xC2B2AE3D27D4EB4F)
     keys = np.sort(mixed >> np.uint64(bits) << np.uint64(bits) | np.arange(n, dtype=np.uint64))
     order = (keys & np.uint64((1 << bits) - 1)).astype(np.int64)
-    hashes, low, high = keys >> np.uint64(bits), low[order], high[order]
-    if ((hashes[1:] == hashes[:-1]) & ((low[1:] != low[:-1]) | (high[1:] != high[:-1]))).any():
-        return np.lexsort((high, low))
-    return order
+    first = _pair_starts(low[order], high[order])
+    hashes = keys >> np.uint64(bits)
+    if (first[1:] & (hashes[1:] == hashes[:-1])).any():
+        order = np.lexsort((high, low))
+        first = _pair_starts(low[order], high[order])
+    return order, first
+
+
+def _pair_starts(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """True where the (low, high) pair differs from the one before (and at the first position)."""
+    first = np.ones(len(low), bool)
+    first[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
+    return first
 
 
 def _prefix(ok: np.ndarray, group_start: np.ndarray) -> np.ndarray:
@@ -302,10 +312,7 @@ class FastPath:
         one = (h.src[frames].astype(np.uint64) << np.uint64(16)) | h.sport[frames].astype(np.uint64)
         other = (h.dst[frames].astype(np.uint64) << np.uint64(16)) | h.dport[frames].astype(np.uint64)
         low, high = np.minimum(one, other), (np.maximum(one, other) << np.uint64(8)) | h.proto[frames].astype(np.uint64)
-        order = _grouped(low, high)
-        low, high = low[order], high[order]
-        first = np.ones(len(order), bool)
-        first[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
+        order, first = _grouped(low, high)
         e = self._early = _Early()
         e.batch, e.ordered = batch, frames[order]
         e.backward = (one > other)[order]  # sent by the flow's higher endpoint (address, port)
