@@ -111,6 +111,9 @@ PAYLOADS = {
     "s7 szl request": bytes.fromhex("0300002102f080320700000002000800080001120411440100ff09000400110000"),
     "s7 not s7": bytes.fromhex("0300000b02f080abcdef01"),
     "cotp cr": bytes.fromhex("0300001611e00000000100c0010ac1020100c2020102"),
+    "two s7 read vars": bytes.fromhex("0300001f02f080320100000001000e00000401120a10020001000084000000") * 2,
+    "s7 head half": bytes.fromhex("0300001f02f080320100000001"),
+    "s7 tail half": bytes.fromhex("000e00000401120a10020001000084000000"),
 }
 FLAGS = {"syn": 0x02, "syn-ack": 0x12, "ack": 0x10, "data": 0x18, "fin": 0x11, "rst": 0x14}
 SEQ = ("next", "next", "next", "retransmit", "gap")
@@ -203,7 +206,8 @@ def test_random_conversations_give_the_scalar_result(events, handshakes, vlan, c
         assert fast == _table_of(frames, False, jitter, batches)
 
 
-S7_PAYLOADS = ["s7 read var", "s7 szl request", "s7 not s7", "cotp cr", "modbus request", "none"]
+S7_PAYLOADS = ["s7 read var", "s7 szl request", "s7 not s7", "cotp cr", "two s7 read vars", "s7 head half"]
+S7_PAYLOADS += ["s7 tail half", "modbus request", "none"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -224,8 +228,8 @@ S7_PAYLOADS = ["s7 read var", "s7 szl request", "s7 not s7", "cotp cr", "modbus 
 def test_s7_conversations_give_the_scalar_result(events, chunk):
     """An S7comm flow opened by a handshake and a COTP connection request, then Jobs (named from a
     table), user data (each segment parsed on its own), DTs whose data is not S7 (that parse fails:
-    the rest of the chunk goes packet by packet), retransmissions and gaps, chunks cut anywhere: the
-    fast path's table equals the scalar one."""
+    the rest of the chunk goes packet by packet), PDUs doubled or split over segments (runs),
+    retransmissions and gaps, chunks cut anywhere: the fast path's table equals the scalar one."""
     opening = [(6, True, "syn", "none", "next"), (6, False, "syn-ack", "none", "next")]
     opening += [(6, True, "data", "cotp cr", "next"), (6, False, "data", "cotp cr", "next")]
     frames = _frames(opening + events, False)
