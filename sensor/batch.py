@@ -191,8 +191,9 @@ class FastPath:
     arrays; non-IP frames and UDP no analyzer wants become counts and connection facts without a flow;
     new TCP flows that start with SYN + SYN-ACK are opened at once; the first payload packets of
     undecided flows run through the scalar path (rounds); then, per flow direction, pure ACKs, FIN/RST
-    and unrecognised flows become counter sums, in-order single-PDU segments are named from a table
-    (the analyzers' ``batch`` checks) and the rest of each in-order prefix is parsed as one run.
+    and unrecognised flows become counter sums; from the stream's head, in-order segments that each hold
+    one whole PDU (the analyzers' ``batch`` checks) are named from a table or parsed one by one; the
+    rest of each in-order prefix is parsed as one run.
     Everything else — gaps, retransmissions, SYNs inside a flow, runs whose parse fails — is left to
     the scalar path, in capture order."""
 
@@ -565,9 +566,10 @@ class FastPath:
             # a PDU starts, so each is read on its own, from a table where the analyzer can name it.
             whole = in_order & _prefix(whole, group_start)
             limit = self._singles(batch, start[positions], lengths, g, whole & ~named, owners, streams)
-            taken = whole & (np.arange(len(positions)) < limit[g]) if limit is not None else whole
+            before_limit = np.arange(len(positions)) < limit[g]
+            taken = whole & before_limit
             named &= taken
-            run = in_order & ~whole & (limit[g] == len(positions) if limit is not None else True)
+            run = in_order & ~whole & before_limit
             ends = (seq[positions] + lengths) & SEQ_MASK
             # Each stream continues after its fast prefix: single PDUs first, then the run.
             last_taken = taken & ~np.r_[taken[1:] & (g[1:] == g[:-1]), False]
@@ -614,26 +616,22 @@ class FastPath:
             )
         return np.flatnonzero(leftover), (update, commands)
 
-    def _singles(self, batch, starts, lengths, groups, single, owners, streams) -> np.ndarray | None:
+    def _singles(self, batch, starts, lengths, groups, single, owners, streams) -> np.ndarray:
         """Parse the whole-PDU segments where ``single`` that no table names, one by one in capture
-        order within each group.  Returns None if all were read, else per group the index (into these
-        arrays) where its fast part ends: at a segment whose parse failed (nothing changed; the
-        per-packet path resynchronises on it) or after one that left bytes over."""
+        order within each group.  Returns per group the index (into these arrays) where its fast part
+        ends: at a segment whose parse failed (nothing changed; the per-packet path resynchronises on
+        it), after one that left bytes over, else len(starts)."""
+        limit = np.full(len(streams), len(starts), np.int64)
         single = np.flatnonzero(single)
-        if not len(single):
-            return None
         data = memoryview(batch.data)
         deliver = self.flows.deliver_run
-        limit = None
         rows = zip(single.tolist(), groups[single].tolist(), starts[single].tolist(), lengths[single].tolist())
         for i, j, begin, size in rows:
-            if limit is not None and limit[j] < len(starts):
+            if limit[j] < len(starts):
                 continue  # this group stopped at an earlier segment
             stream = streams[j]
             ok = deliver(owners[j], stream, data[begin : begin + size])
             if not ok or stream.buf or stream.skip:
-                if limit is None:
-                    limit = np.full(len(streams), len(starts), np.int64)
                 limit[j] = i + 1 if ok else i
         return limit
 
