@@ -13,30 +13,9 @@ from pathlib import Path
 import duckdb
 
 from .connections import ConnectionTable, ip_text
+from .migrations import SchemaTooNew, upgrade
 from .oui import vendor as oui_vendor
 
-SCHEMA_VERSION = 1
-SCHEMA = [
-    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
-    "CREATE SEQUENCE device_ids START 1",
-    """CREATE TABLE devices (
-        id BIGINT NOT NULL, ip VARCHAR NOT NULL, macs VARCHAR[] NOT NULL, roles VARCHAR[] NOT NULL,
-        vendor VARCHAR, mac_vendor VARCHAR, name VARCHAR, model VARCHAR, firmware VARCHAR, serial VARCHAR,
-        user_agent VARCHAR, server VARCHAR, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL)""",
-    """CREATE TABLE connections (
-        first_device_id BIGINT NOT NULL, second_device_id BIGINT NOT NULL, ports INTEGER[] NOT NULL,
-        protocols STRUCT(name VARCHAR, commands VARCHAR[])[] NOT NULL,
-        discovered BIGINT NOT NULL, last_seen BIGINT NOT NULL, packets BIGINT NOT NULL,
-        bytes BIGINT NOT NULL, user_agent VARCHAR)""",
-    """CREATE TABLE tokens (
-        name VARCHAR NOT NULL, hash VARCHAR NOT NULL, created BIGINT NOT NULL, expires BIGINT,
-        revoked BIGINT)""",
-    # per-device lookups filter on either side (the API's /devices/<id>/connections)
-    "CREATE INDEX connections_first ON connections (first_device_id)",
-    "CREATE INDEX connections_second ON connections (second_device_id)",
-    "CREATE INDEX devices_id ON devices (id)",
-    f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION})",
-]
 PROTOCOLS_TYPE = '[{"name":"VARCHAR","commands":["VARCHAR"]}]'
 IDENTITY_COLUMNS = ("vendor", "name", "model", "firmware", "serial", "user_agent", "server")
 IDENTITY_KEYS = {"vendor": "vendor", "name": "name", "type": "model", "firmware": "firmware",
@@ -72,15 +51,13 @@ class Store:
             self._migrate()
 
     def _migrate(self) -> None:
-        tables = {row[0] for row in self.db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        if "schema_version" not in tables:
-            with self.transaction():
-                for statement in SCHEMA:
-                    self.db.execute(statement)
-            return
-        version = self.db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has schema version {version}; this otsensor knows {SCHEMA_VERSION}")
+        """Create the schema in a new file, or upgrade an older one in place (one transaction per step)."""
+        try:
+            upgrade(self.db, self.transaction, self.path)
+        except SchemaTooNew as error:
+            raise StoreError(str(error)) from None
+        except duckdb.Error as error:
+            raise StoreError(f"cannot upgrade {self.path}: {error}") from None
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for the calling thread (DuckDB connections are not shared across threads)."""
