@@ -136,7 +136,8 @@ class Forwarder:
         self._tls = self._tls_context(config) if self.scheme == "tls" else None
         self.spool = Path(state_dir) / SPOOL_NAME
         self._queue: deque[dict] = deque()
-        self._lock = threading.Condition()
+        self._lock = threading.Condition()  # guards the queue, the counts and the flags below
+        self._spool_lock = threading.Lock()
         self._counts = {"sent": 0, "retried": 0, "dropped_overflow": 0}
         self._last_error: str | None = None
         self._changed = False  # the queue differs from the spool file
@@ -175,17 +176,16 @@ class Forwarder:
             self._deadline = time.monotonic() + timeout
             self._lock.notify_all()
         self._worker.join(timeout + CONNECT_TIMEOUT)
-        with self._lock:
-            self._persist(force=True)
+        self._persist(force=True)
         self._disconnect()
 
     def stats(self) -> dict:
         with self._lock:
             return {**self._counts, "queued": len(self._queue), "last_error": self._last_error}
 
-    # -- the queue and its spool (callers hold self._lock) ------------------------------------------
+    # -- the queue and its spool -------------------------------------------------------------------
 
-    def _append(self, alert: dict) -> None:
+    def _append(self, alert: dict) -> None:  # the caller holds self._lock
         if len(self._queue) >= self.queue_limit:
             self._queue.popleft()
             self._counts["dropped_overflow"] += 1
@@ -210,20 +210,25 @@ class Forwarder:
         self._changed = False
 
     def _persist(self, force: bool = False) -> None:
-        """Write the queue to the spool (atomically: a crash leaves the old file or the new one)."""
-        if not (self._changed or force):
-            return
-        try:
-            if not self._queue:
-                self.spool.unlink(missing_ok=True)
-            else:
-                self.spool.parent.mkdir(parents=True, exist_ok=True)
-                partial = self.spool.with_suffix(".tmp")
-                partial.write_text("".join(json.dumps(a, separators=(",", ":")) + "\n" for a in self._queue))
-                os.replace(partial, self.spool)
-            self._changed = False
-        except OSError as error:
-            self._last_error = f"cannot write {self.spool}: {error}"
+        """Write the queue to the spool: a snapshot taken under the queue's lock, written outside it (so
+        that send() never waits for the disk), atomically (a crash leaves the old file or the new one)."""
+        with self._spool_lock:  # one writer at a time, so that an older snapshot never lands last
+            with self._lock:
+                if not (self._changed or force):
+                    return
+                snapshot, self._changed = list(self._queue), False
+            try:
+                if not snapshot:
+                    self.spool.unlink(missing_ok=True)
+                else:
+                    self.spool.parent.mkdir(parents=True, exist_ok=True)
+                    partial = self.spool.with_suffix(".tmp")
+                    partial.write_text("".join(json.dumps(a, separators=(",", ":")) + "\n" for a in snapshot))
+                    os.replace(partial, self.spool)
+            except (OSError, TypeError, ValueError) as error:  # disk full; an alert JSON cannot hold
+                with self._lock:
+                    self._changed = True
+                    self._last_error = f"cannot write {self.spool}: {error}"
 
     # -- the worker ---------------------------------------------------------------------------------
 
@@ -243,10 +248,11 @@ class Forwarder:
                 with self._lock:
                     self._counts["retried"] += 1
                     self._last_error = f"{self.scheme}://{self.host}:{self.port}: {error}"
-                    self._persist()
-                    wait = min(delay, self._deadline - time.monotonic())
-                    if wait > 0:
-                        self._lock.wait(wait)  # close() wakes it to use what time is left
+                self._persist()  # the collector is away: what is queued is kept on disk meanwhile
+                with self._lock:  # new alerts do not cut the wait short; close() does, to use its time
+                    closing, until = self._closing, time.monotonic() + delay
+                    while (left := min(until, self._deadline) - time.monotonic()) > 0 and self._closing == closing:
+                        self._lock.wait(left)
                 delay = min(delay * 2, self.retry_max)
                 continue
             delay = FIRST_RETRY
@@ -255,8 +261,9 @@ class Forwarder:
                     self._queue.popleft()
                 self._counts["sent"] += 1
                 self._changed = True
-                if not self._queue:
-                    self._persist()  # nothing left: the spool goes
+                drained = not self._queue
+            if drained:
+                self._persist()  # nothing left: the spool goes
 
     def _deliver(self, alert: dict) -> None:
         message = syslog_message(

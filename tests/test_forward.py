@@ -297,6 +297,17 @@ def test_a_full_queue_drops_the_oldest_and_counts_it(tmp_path):
     assert spooled == [3, 4, 5]
 
 
+def test_new_alerts_do_not_hammer_a_collector_that_is_down(tmp_path):
+    port = free_port()
+    forwarder = Forwarder({"target": f"tcp://127.0.0.1:{port}"}, tmp_path)
+    for n in range(200):
+        forwarder.send(alert(n))
+        time.sleep(0.001)  # alerts trickle in, as from a capture
+    retried = forwarder.stats()["retried"]
+    forwarder.close(timeout=0)
+    assert retried < 10  # attempts follow the backoff (0.25 s, 0.5 s, ...), not the 200 sends
+
+
 def test_cef_escaping():
     assert cef_header_field("a|b\\c\nd") == "a\\|b\\\\c d"
     assert cef_extension_value("a=b\\c\r\nd|e") == "a\\=b\\\\c\\nd|e"
