@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SPOOL_NAME = "forward-spool.jsonl"
 CONNECT_TIMEOUT = 5.0
+TLS_SETTLE = 0.3  # seconds a fresh TLS connection is watched for the collector refusing the client
 FIRST_RETRY = 0.25  # seconds before the first retry; doubled after each failure up to retry_max_seconds
 UDP_MAX = 65507  # the largest UDP payload over IPv4
 
@@ -290,9 +291,13 @@ class Forwarder:
                 if self._tls is not None:
                     try:
                         sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+                        refused = self._refused_after_handshake(sock)
                     except BaseException:
                         sock.close()
                         raise
+                    if refused:
+                        sock.close()
+                        raise ConnectionError("the collector closed the TLS connection after the handshake (certificate refused?)")  # fmt: skip
             sock.settimeout(CONNECT_TIMEOUT)  # a collector that stops reading does not hang us for ever
             self._sock = sock
         return self._sock
@@ -314,6 +319,28 @@ class Forwarder:
             return True
         finally:
             sock.settimeout(CONNECT_TIMEOUT)
+
+    @staticmethod
+    def _refused_after_handshake(sock: ssl.SSLSocket) -> bool:
+        """Whether the collector closes a fresh TLS connection. In TLS 1.3 the server checks the client's
+        certificate after the client has finished its handshake, so a refusal shows only as an alert or
+        a close that follows; without this wait the first alert written would be lost."""
+        until = time.monotonic() + TLS_SETTLE
+        while (left := until - time.monotonic()) > 0:
+            readable, _, _ = select.select([sock], [], [], left)
+            if not readable:
+                return False
+            sock.settimeout(0)
+            try:
+                if sock.recv(4096) == b"":
+                    return True
+            except (ssl.SSLWantReadError, BlockingIOError):
+                continue  # a record with no data (a session ticket): keep listening
+            except OSError:
+                return True
+            finally:
+                sock.settimeout(CONNECT_TIMEOUT)
+        return False
 
     def _disconnect(self) -> None:
         if self._sock is not None:

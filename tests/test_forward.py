@@ -43,7 +43,7 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
 class Rsyslog:
     """rsyslogd in the foreground with a config of its own: one input on 127.0.0.1, one output file."""
 
-    def __init__(self, tmp: Path, scheme: str):
+    def __init__(self, tmp: Path, scheme: str, auth_mode: str = "anon"):
         self.tmp, self.scheme = tmp, scheme
         self.port = free_port(socket.SOCK_DGRAM if scheme == "udp" else socket.SOCK_STREAM)
         self.ready_port = free_port() if scheme == "udp" else self.port  # a TCP port that says "started"
@@ -57,7 +57,8 @@ class Rsyslog:
                 f'defaultNetstreamDriverCertFile="{tmp / "server.pem"}" '
                 f'defaultNetstreamDriverKeyFile="{tmp / "server.key"}")'
             )
-            lines.append('module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")')  # fmt: skip
+            # anon: any client; x509/certvalid: only a client whose certificate the CA signed
+            lines.append(f'module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="{auth_mode}")')  # fmt: skip
         else:
             lines.append('module(load="imtcp")')
         if scheme == "udp":
@@ -103,12 +104,12 @@ class Rsyslog:
 
 @pytest.fixture
 def rsyslog(request, tmp_path):
-    scheme = request.param
+    scheme, _, auth_mode = request.param.partition("+")  # "tls+x509/certvalid": clients need a certificate
     if scheme == "tls":
         if not (MODULES / "lmnsd_gtls.so").exists():
             pytest.skip("rsyslog-gnutls (rsyslog's TLS netstream driver) is not installed")
         make_certificates(tmp_path)
-    server = Rsyslog(tmp_path, scheme)
+    server = Rsyslog(tmp_path, scheme, auth_mode or "anon")
     server.start()
     yield server
     server.stop()
@@ -127,6 +128,10 @@ def make_certificates(tmp: Path) -> None:
     (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "server.pem", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+        "-subj", "/CN=sensor-7")  # fmt: skip
+    run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "client.pem", "-days", "2")  # fmt: skip
 
 
 def alert(n: int, **fields) -> dict:
@@ -273,6 +278,21 @@ def test_alerts_queued_at_close_survive_a_restart_through_the_spool(rsyslog, tmp
     assert [parse_cef(m["msg"])[1]["externalId"] for m in got] == ["1", "2", "3"]
 
 
+@pytest.mark.parametrize("rsyslog", ["tls+x509/certvalid"], indirect=True)
+def test_a_collector_that_wants_a_client_certificate_gets_cert_file(rsyslog, tmp_path):
+    anonymous = Forwarder(settings(rsyslog), tmp_path / "a")
+    anonymous.send(alert(1))
+    anonymous.close(timeout=1)
+    assert anonymous.stats()["sent"] == 0, anonymous.stats()  # refused without one, and known to be
+    assert "certificate" in anonymous.stats()["last_error"] or "alert" in anonymous.stats()["last_error"].lower()
+    client = {"cert_file": str(rsyslog.tmp / "client.pem"), "key_file": str(rsyslog.tmp / "client.key")}
+    forwarder = Forwarder(settings(rsyslog, **client), tmp_path / "b")
+    forwarder.send(alert(2))
+    forwarder.close(timeout=10)
+    got = rsyslog.received(1)
+    assert [parse_cef(m["msg"])[1]["externalId"] for m in got] == ["2"]
+
+
 def test_udp_to_a_closed_port_does_not_block(tmp_path):
     port = free_port(socket.SOCK_DGRAM)  # nothing listens: each datagram draws an ICMP port unreachable
     forwarder = Forwarder({"target": f"udp://127.0.0.1:{port}", "retry_max_seconds": 0.2}, tmp_path)
@@ -351,3 +371,10 @@ def test_the_example_config_forwards_nothing_and_a_target_turns_it_on(tmp_path):
     assert (loaded["scheme"], loaded["host"], loaded["port"], loaded["facility"]) == ("tls", "siem.example", 6514, 20)
     flagged = load(str(config), {"forwarding": {"target": "tls://other:7000"}}).forwarding
     assert (flagged["host"], flagged["port"], flagged["ca_file"]) == ("other", 7000, "/etc/ssl/siem.pem")
+
+    config.write_text('interfaces = ["eth1"]\n[forwarding]\ntarget = "udp://127.0.0.1:9"\nfacility = 3\n')
+    forwarder = Forwarder.from_settings(load(str(config)), tmp_path)  # the daemon's Settings as they are
+    assert (forwarder.scheme, forwarder.port, forwarder.facility) == ("udp", 9, 3)
+    forwarder.close(timeout=0)
+    config.write_text('[forwarding]\ntarget = ""\n')
+    assert load(str(config)).forwarding is None and Forwarder.from_settings(load(str(config)), tmp_path) is None
