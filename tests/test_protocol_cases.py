@@ -11,6 +11,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sensor import serialize
 from sensor.protocols import ads_discovery, ams, http
@@ -118,6 +120,17 @@ def test_a_cut_or_odd_discovery_datagram_is_a_counted_error_or_partial_identity(
     assert ads_discovery.parse(cut, False)[1] == []
     password_only = twincat(6, bytes(6), [(2, b"secret\x00")])
     assert "secret" not in json.dumps(ads_discovery.parse(password_only, True)[2])
+
+
+@given(st.binary(max_size=400), st.booleans())
+def test_any_datagram_with_the_magic_names_no_command_and_only_strings(tail, to_server):
+    try:
+        consumed, commands, identity = ads_discovery.parse(ads_discovery.MAGIC + tail, to_server)
+    except ams.Malformed:
+        assert len(tail) < ads_discovery.HEADER.size - 4
+        return
+    assert commands == [] and consumed == 4 + len(tail)
+    assert all(isinstance(v, str) and len(v) <= 256 for v in identity.values())
 
 
 def test_the_capture_records_identity_and_no_ams_command_for_discovery(tmp_path):

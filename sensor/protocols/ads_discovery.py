@@ -21,8 +21,8 @@ SERVICE_SERVER_INFO = 1  # "discovery": who are you (the answer carries the iden
 SERVICE_ADD_ROUTE = 6
 RESPONSE = 0x80000000  # set in the service id of an answer
 
-# tags of the requests and answers (UdpTag in the ADS library; 3, 4 from captured answers)
-TAG_PASSWORD = 2  # never read
+# Tags (Beckhoff ADS library's UdpTag; Apache PLC4X's ads-discovery.mspec names the rest): 1 status of an
+# add route (u32 LE, 0 = added), 2 password (never read), 12 route name, 13 user name, 18 fingerprint.
 TAG_TWINCAT_VERSION = 3  # major u8, minor u8, build u16 LE
 TAG_OS_VERSION = 4  # Windows OSVERSIONINFO: size, major, minor, build, platform (u32 LE each), ...
 TAG_COMPUTER_NAME = 5  # NUL-terminated
