@@ -1693,6 +1693,123 @@ def build_plant() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Issue 10 cases: HTTP methods beyond the common set, TwinCAT UDP discovery/route on 48899
+# --------------------------------------------------------------------------------------------
+
+# Every request method Wireshark's packet-http.c (is_http_request_or_reply) recognises, by length
+WIRESHARK_HTTP_METHODS = (
+    "GET PUT COPY HEAD LOCK MOVE POLL POST BCOPY BMOVE MKCOL TRACE PATCH LABEL MERGE DELETE SEARCH UNLOCK "
+    "REPORT UPDATE NOTIFY BDELETE CONNECT OPTIONS CHECKIN PROPFIND CHECKOUT CCM_POST SUBSCRIBE PROPPATCH "
+    "BPROPFIND BPROPPATCH UNCHECKOUT MKACTIVITY MKWORKSPACE RPC_CONNECT RPC_IN_DATA UNSUBSCRIBE RPC_OUT_DATA "
+    "VERSION-CONTROL BASELINE-CONTROL SSTP_DUPLEX_POST"
+).split()
+
+
+def build_http_methods() -> None:
+    """http_methods.pcap: one keep-alive connection per client, each request answered 200 / 207."""
+    cap = Capture(seed=1001)
+    dav = Host("dav-client", "3c:d9:2b:61:10:21", "192.168.60.21", ttl=128, windows=True)
+    ccm = Host("sccm-client", "b8:ca:3a:61:10:22", "192.168.60.22", ttl=128, windows=True)
+    server = Host("historian-web", "00:21:5a:61:10:80", "192.168.60.80", ttl=128, windows=True)
+    iis = [("Server", "Microsoft-IIS/10.0")]
+    ua = [("User-Agent", "Microsoft-WebDAV-MiniRedir/10.0.19045")]
+
+    # WebDAV / DeltaV / RPC-over-HTTP / SSTP methods, in Wireshark's order; CONNECT and SSTP_DUPLEX_POST
+    # (after which the connection is a tunnel) are left to the end, and CONNECT goes to its own connection
+    f = TcpFlow(cap, dav, server, 53001, 80).open()
+    tunnels = ("CONNECT", "SSTP_DUPLEX_POST")
+    for method in [m for m in WIRESHARK_HTTP_METHODS if m not in tunnels and m != "CCM_POST"]:
+        body = b'<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>' if "PROP" in method else b""
+        f.c(http_request(method, "/history/trend.csv", "192.168.60.80", ua, body), after_ms=4)
+        status = "207 Multi-Status" if method in ("PROPFIND", "BPROPFIND", "REPORT") else "200 OK"
+        f.s(http_response(status, iis, b""), after_ms=3)
+    # M- (RFC 2774 mandatory extension) prefix: Wireshark strips it before its method check
+    f.c(http_request("M-POST", "/history/trend.csv", "192.168.60.80", ua + [("Man", '"urn:x"; ns=01')]), after_ms=4)
+    f.s(http_response("200 OK", iis, b""), after_ms=3)
+    # neither a method Wireshark knows nor one we report: PURGE (a cache's), lower-case get
+    f.c(http_request("PURGE", "/history/trend.csv", "192.168.60.80", ua), after_ms=4)
+    f.s(http_response("200 OK", iis, b""), after_ms=3)
+    f.c(http_request("get", "/history/trend.csv", "192.168.60.80", ua), after_ms=4)
+    f.s(http_response("400 Bad Request", iis, b""), after_ms=3)
+    f.c(http_request("SSTP_DUPLEX_POST", "/sra_{BA195980-CD49-458b-9E23-C84EE0ADCD75}/", "192.168.60.80", ua), after_ms=4)  # fmt: skip
+    f.s(http_response("200 OK", iis, b""), after_ms=3)
+    f.ack(True, after_ms=50)
+    f.close()
+
+    # SCCM's client (CcmExec) posts its inventory with CCM_POST
+    f = TcpFlow(cap, ccm, server, 53002, 80).open()
+    body = b"<Report><ReportHeader><Identification/></ReportHeader></Report>"
+    f.c(http_request("CCM_POST", "/ccm_system/request", "192.168.60.80", [("User-Agent", "ccmhttp")], body))
+    f.s(http_response("200 OK", iis, b""), after_ms=5)
+    f.c(http_request("CONNECT", "192.168.60.80:443", "192.168.60.80:443", [("User-Agent", "ccmhttp")]), after_ms=10)
+    f.s(http_response("200 Connection established", iis, b""), after_ms=3)
+    f.ack(True, after_ms=50)
+    f.close()
+    write("http_methods.pcap", cap.pcap())
+
+
+TWINCAT_MAGIC = b"\x03\x66\x14\x71"
+
+
+def twincat_udp(service: int, net_id: str, tags: list[tuple[int, bytes]], invoke: int = 0) -> bytes:
+    """TwinCAT UDP discovery/route datagram: magic, invoke id, service id (| 0x80000000 in an answer),
+    sender's AMS Net Id and port 10000 (system service), tag count, then (tag id, length, value) tags."""
+    head = TWINCAT_MAGIC + le32(invoke) + le32(service) + netid(net_id) + le16(10000) + le32(len(tags))
+    return head + b"".join(le16(tag) + le16(len(value)) + value for tag, value in tags)
+
+
+def os_version_info(major: int, minor: int, build: int, platform: int = 2) -> bytes:
+    """Windows OSVERSIONINFOA as TCATSysSrv sends it (276 bytes: five u32, 128-byte service pack text)."""
+    return le32(276) + le32(major) + le32(minor) + le32(build) + le32(platform) + bytes(256)
+
+
+def build_ads_discovery() -> None:
+    """ads_discovery.pcap: an engineering PC searches for TwinCAT runtimes and adds a route to one, then
+    talks AMS/UDP to it; the discovery datagrams must not read as AMS commands."""
+    cap = Capture(seed=1002)
+    es = Host("twincat-xae", "f4:ce:46:4a:40:12", "192.168.40.12", ttl=128, windows=True)
+    cx1 = Host("cx9020", "00:01:05:2c:62:41", "192.168.40.62", ttl=128)
+    cx2 = Host("c6015", "00:01:05:2c:63:42", "192.168.40.63", ttl=128)
+    es_id, cx1_id, cx2_id = "192.168.40.12.1.1", "5.44.98.65.1.1", "5.51.7.9.1.1"
+    search = twincat_udp(1, es_id, [])
+    # "Broadcast Search" sends to each runtime; each answers with its name, OS and TwinCAT version
+    udp(cap, es, cx1, 55001, 48899, search, after_ms=5)
+    answer = [
+        (5, b"CX-2C6241\x00"),
+        (4, os_version_info(7, 0, 0, platform=3)),
+        (3, bytes([3, 1]) + le16(4024)),
+    ]
+    udp(cap, cx1, es, 48899, 55001, twincat_udp(RESPONSE_FLAG | 1, cx1_id, answer), after_ms=1.5)
+    udp(cap, es, cx2, 55001, 48899, search, after_ms=1)
+    answer = [
+        (5, b"C6015-0010\x00"),
+        (4, os_version_info(10, 0, 17763)),
+        (3, bytes([3, 1]) + le16(4026)),
+        (0x12, b"4f1c" * 16 + b"\x00"),
+    ]
+    udp(cap, cx2, es, 48899, 55001, twincat_udp(RESPONSE_FLAG | 1, cx2_id, answer), after_ms=2.1)
+    # add route: the requester names itself and its Net Id; the password travels in clear (tag 2)
+    route = [
+        (12, b"TWINCAT-XAE\x00"),
+        (7, netid(es_id)),
+        (13, b"Administrator\x00"),
+        (2, b"1\x00"),
+        (5, b"TWINCAT-XAE\x00"),
+    ]
+    udp(cap, es, cx1, 55002, 48899, twincat_udp(6, es_id, route), after_ms=400)
+    udp(cap, cx1, es, 48899, 55002, twincat_udp(RESPONSE_FLAG | 6, cx1_id, [(1, le32(0))]), after_ms=30)
+    # then AMS/UDP on the same port: Read State, answered RUN
+    me, plc = (es_id, 32905), (cx1_id, 851)
+    udp(cap, es, cx1, 55003, 48899, ams(plc, me, 4, AMS_REQUEST | AMS_UDP_FLAG, b"", 21), after_ms=200)
+    state = le32(0) + le16(5) + le16(0)
+    udp(cap, cx1, es, 48899, 55003, ams(me, plc, 4, AMS_RESPONSE | AMS_UDP_FLAG, state, 21), after_ms=1)
+    write("ads_discovery.pcap", cap.pcap())
+
+
+RESPONSE_FLAG = 0x80000000
+
+
+# --------------------------------------------------------------------------------------------
 # Verification with tshark (--report)
 # --------------------------------------------------------------------------------------------
 
@@ -1826,6 +1943,8 @@ def main() -> int:
     build_linktypes()
     build_bad()
     build_plant()
+    build_http_methods()
+    build_ads_discovery()
     total = 0
     for path in WRITTEN:
         size = path.stat().st_size

@@ -40,6 +40,8 @@ class Settings:
     api_threads: int = 8  # API requests answered at once
     prepare_interfaces: bool = False  # bring the interfaces up listen-only (no address, ARP, IPv6) first
     ring_mb: int = 64  # kernel ring per interface and worker, in MiB (1 MiB blocks)
+    # the [forwarding] table (alerts to a SIEM), checked and completed by forwarding_settings; None: off
+    forwarding: dict | None = None
 
     def check(self) -> None:
         """What `run` needs beyond well-typed values; SettingsError names the setting."""
@@ -76,9 +78,10 @@ _TYPES = {
     "api_threads": (int,),
     "prepare_interfaces": (bool,),
     "ring_mb": (int,),
+    "forwarding": (dict,),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
-               bool: "true or false"}  # fmt: skip
+               bool: "true or false", dict: "a table"}  # fmt: skip
 
 
 def _value(key: str, value, source: str):
@@ -98,7 +101,80 @@ def _value(key: str, value, source: str):
         return None  # an empty string in TOML means "not set" (TOML has no null)
     if key in {"flush_interval", "retention_days"}:
         return float(value)
+    if key == "forwarding":
+        return forwarding_settings(value, f"{source}: [forwarding]") if value.get("target") else None
     return value
+
+
+# ---- [forwarding]: alerts to a SIEM as CEF over syslog (sensor/forward.py) ---------------------------
+
+# syslog facilities by name (RFC 5424 section 6.2.1)
+FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7, "uucp": 8,
+    "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "security": 13, "console": 14, "solaris-cron": 15,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}  # fmt: skip
+FORWARDING_DEFAULTS = {
+    "target": "",  # udp://HOST:514, tcp://HOST:601 or tls://HOST:6514; "" turns forwarding off
+    "ca_file": "",  # TLS: the CA bundle that signed the collector's certificate ("" = the system's)
+    "cert_file": "",  # TLS: a client certificate, for collectors that ask for one (with key_file)
+    "key_file": "",
+    "facility": "local4",  # a name of FACILITIES or its number 0..23
+    "app_name": "otsensor",  # RFC 5424 APP-NAME
+    "hostname": "",  # RFC 5424 HOSTNAME; "" = this machine's name
+    "queue_limit": 10_000,  # alerts held (memory and spool) while the collector is away; beyond: oldest dropped
+    "retry_max_seconds": 30.0,  # the longest wait between two attempts to reach the collector
+}
+_DEFAULT_PORTS = {"udp": 514, "tcp": 601, "tls": 6514}  # RFC 5426, RFC 6587 (IANA syslog-conn), RFC 5425
+
+
+def forwarding_settings(section: dict, source: str = "[forwarding]") -> dict:
+    """The ``[forwarding]`` table with its defaults filled in and its target split into scheme, host and
+    port; SettingsError names the key."""
+    unknown = set(section) - set(FORWARDING_DEFAULTS) - {"scheme", "host", "port"}
+    if unknown:
+        raise SettingsError(f"{source}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(FORWARDING_DEFAULTS)})")
+    config = {**FORWARDING_DEFAULTS, **{k: v for k, v in section.items() if k in FORWARDING_DEFAULTS}}
+    for key, default in FORWARDING_DEFAULTS.items():
+        value = config[key]
+        if value is None and isinstance(default, str):
+            config[key] = value = ""  # a table already completed here ("" was made None)
+        if key == "facility" and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            config[key] = value = float(value)
+        if type(value) is not type(default):
+            raise SettingsError(f"{source}: {key} must be {_TYPE_NAMES[type(default)]}, not {value!r}")
+    target = config["target"]
+    scheme, sep, rest = target.partition("://")
+    if rest.startswith("["):  # an IPv6 literal: tls://[2001:db8::1]:6514
+        host, _, tail = rest[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else tail or None
+    else:  # a name or an IPv4 address holds no colon
+        host, _, port = rest.partition(":")
+    port = port or str(_DEFAULT_PORTS.get(scheme, 514))
+    if not sep or scheme not in _DEFAULT_PORTS or not host or "/" in host or (":" in host and "[" not in rest):
+        raise SettingsError(f"{source}: target must be udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT, not {target!r}")  # fmt: skip
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"{source}: target port must be within 1..65535, not {port!r}")
+    facility = config["facility"]
+    if isinstance(facility, str):
+        if facility.lower() not in FACILITIES:
+            raise SettingsError(f"{source}: facility must be one of {', '.join(FACILITIES)} or 0..23, not {facility!r}")
+        facility = FACILITIES[facility.lower()]
+    if not 0 <= facility <= 23:
+        raise SettingsError(f"{source}: facility must be within 0..23, not {facility}")
+    if config["queue_limit"] < 1:
+        raise SettingsError(f"{source}: queue_limit must be at least 1, not {config['queue_limit']}")
+    if not config["retry_max_seconds"] > 0:
+        raise SettingsError(f"{source}: retry_max_seconds must be positive, not {config['retry_max_seconds']}")
+    if bool(config["cert_file"]) != bool(config["key_file"]):
+        raise SettingsError(f"{source}: cert_file and key_file go together")
+    if scheme != "tls" and (config["ca_file"] or config["cert_file"]):
+        raise SettingsError(f"{source}: ca_file, cert_file and key_file need a tls:// target")
+    for key in ("ca_file", "cert_file", "key_file"):
+        config[key] = config[key] or None
+    return {**config, "scheme": scheme, "host": host, "port": int(port), "facility": facility}
 
 
 def load(path: str | None = None, overrides: dict | None = None) -> Settings:
@@ -121,6 +197,8 @@ def load(path: str | None = None, overrides: dict | None = None) -> Settings:
     for key, value in document.items():
         values[key] = _value(key, value, str(config))
     for key, value in (overrides or {}).items():
+        if key == "forwarding" and value is not None:  # --forward-to sets the target, the file the rest
+            value = {**document.get("forwarding", {}), **value}
         if value is not None:
             values[key] = _value(key, list(value) if isinstance(value, tuple) else value, f"--{_flag(key)}")
     return replace(Settings(), **values)
@@ -190,6 +268,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="bring the interfaces up listen-only first: no address, no ARP, no IPv6 (needs CAP_NET_ADMIN)",
+    )
+    add(
+        "--forward-to",
+        dest="forwarding",
+        type=lambda url: {"target": url},
+        metavar="URL",
+        help="send alerts to this syslog collector (udp://, tcp:// or tls://HOST:PORT; the rest in [forwarding])",
     )
     add("--ring-mb", type=_count, metavar="MIB", help=f"kernel ring per interface and worker (default {default.ring_mb})")  # fmt: skip
 

@@ -53,6 +53,17 @@ WIRESHARK_DIFFERS: dict[str, dict] = {
     },
     "zeek/http_no-version.pcap": {"extra": {("131.243.1.23", "131.243.1.10", "http", "GET")}, "why": HTTP_09},
     "zeek/ipv6-http-atomic-frag.pcap": {"extra": {("2001:db8:1::2", "2001:db8:1::1", "http", "GET")}, "why": HTTP_09},
+    # UPnP GENA's NOTIFY, SUBSCRIBE and UNSUBSCRIBE: Wireshark dissects them as HTTP *notifications*
+    # (http.notification, not http.request), though the initiator sends them as requests.
+    "http_methods.pcap": {
+        "extra": {("192.168.60.21", "192.168.60.80", "http", m) for m in ("NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE")},
+        "why": "GENA methods are requests the initiator sends; Wireshark files them as HTTP notifications",
+    },
+    # tshark 4.0 registers AMS on TCP 48898 only: AMS/UDP on 48899 is "data" to it.
+    "ads_discovery.pcap": {
+        "extra": {("192.168.40.12", "192.168.40.62", "ams", "AMS Read State")},
+        "why": "AMS/UDP (UDP 48899) is not dissected by tshark 4.0; the contract names it",
+    },
     # Fuzzed sequence numbers: segments jump back over bytes already delivered, and frame 14 announces
     # a 37-byte PDU that swallows what follows.  A receiving TCP stack discards such overlaps, so the
     # PLC never sees those functions; Wireshark (no reassembly across these jumps) dissects each

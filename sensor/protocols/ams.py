@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from . import Analyzer, Malformed, merge_identity
+from . import Analyzer, Malformed, ads_discovery, merge_identity
 
 # Command names as the contract spells them (Wireshark packet-ams.c, AMS_CMDID_*).
 COMMAND_NAMES = {
@@ -93,14 +93,17 @@ def parse(buf: bytes, to_server: bool):
 
 
 def probe_udp(data: bytes, to_server: bool) -> bool:
-    """AMS/UDP carries the bare AMS header (no AMS/TCP prefix); the header's data length must fit."""
-    if len(data) < AMS_HEADER_SIZE:
+    """AMS/UDP carries the bare AMS header (no AMS/TCP prefix); the header's data length must fit.
+    TwinCAT's discovery/route datagrams share the port but are not AMS (ads_discovery.py)."""
+    if len(data) < AMS_HEADER_SIZE or ads_discovery.is_discovery(data):
         return False
     data_length = AMS_HEADER.unpack_from(data)[6]
     return AMS_HEADER_SIZE + data_length <= len(data)
 
 
 def parse_udp(buf: bytes, to_server: bool):
+    if ads_discovery.is_discovery(buf):  # on a flow that also carries AMS/UDP (48899 to 48899)
+        return ads_discovery.parse(buf, to_server)
     if not probe_udp(buf, to_server):
         raise Malformed("AMS/UDP datagram shorter than its header")
     command, identity = _ams_packet(memoryview(buf), 0, len(buf))

@@ -9,20 +9,27 @@ import re
 
 from . import Analyzer, Malformed, keep_greater
 
-# Methods of RFC 9110 section 9, RFC 5789 (PATCH) and WebDAV (RFC 4918), as Wireshark's packet-http.c
-# recognises them at the start of a request line.
-METHODS = frozenset(
-    b"GET POST HEAD PUT DELETE OPTIONS TRACE CONNECT PATCH PROPFIND PROPPATCH MKCOL COPY MOVE LOCK "
-    b"UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT MERGE SUBSCRIBE UNSUBSCRIBE NOTIFY M-SEARCH".split()
-)
+# Every method Wireshark's packet-http.c recognises at the start of a request line
+# (is_http_request_or_reply): RFC 9110, PATCH (RFC 5789), WebDAV (RFC 4918) and its Exchange variants
+# (BCOPY ...), DeltaV (RFC 3253), UPnP GENA, POLL, SCCM's CCM_POST, RPC over HTTP ([MS-RPCH]) and SSTP;
+# each also with the "M-" prefix of a mandatory extension (RFC 2774), which Wireshark strips before
+# its check.  The method is reported as sent (``M-POST``), as tshark's http.request.method is.
+BASE_METHODS = (
+    b"GET PUT COPY HEAD LOCK MOVE POLL POST BCOPY BMOVE MKCOL TRACE PATCH LABEL MERGE DELETE SEARCH UNLOCK "
+    b"REPORT UPDATE NOTIFY BDELETE CONNECT OPTIONS CHECKIN PROPFIND CHECKOUT CCM_POST SUBSCRIBE PROPPATCH "
+    b"BPROPFIND BPROPPATCH UNCHECKOUT MKACTIVITY MKWORKSPACE RPC_CONNECT RPC_IN_DATA UNSUBSCRIBE RPC_OUT_DATA "
+    b"VERSION-CONTROL BASELINE-CONTROL SSTP_DUPLEX_POST"
+).split()
+METHODS = frozenset(BASE_METHODS + [b"M-" + method for method in BASE_METHODS])
+LONGEST_METHOD = max(map(len, METHODS))  # M-SSTP_DUPLEX_POST, M-BASELINE-CONTROL: 18
 COMMANDS = {method: ("http", method.decode()) for method in METHODS}
 MAX_HEAD = 64 * 1024  # a request or status line plus headers longer than this is not HTTP we follow
 
 # "METHOD SP request-target [SP HTTP/x.y]" (no version: HTTP/0.9, RFC 1945 section 4.1)
-REQUEST_LINE = re.compile(rb"([A-Z][A-Z-]{2,15}) +[^ \r\n]+(?: +HTTP/\d\.\d)? *\r?\n")
+REQUEST_LINE = re.compile(rb"([A-Z][A-Z_-]{2,%d}) +[^ \r\n]+(?: +HTTP/\d\.\d)? *\r?\n" % (LONGEST_METHOD - 1))
 STATUS_LINE = re.compile(rb"HTTP/\d\.\d +\d{3}")
 BLANK_LINE = re.compile(rb"\n\r?\n")  # the end of a head: a newline, then CRLF or a bare LF
-NEXT_REQUEST = re.compile(rb"\n(?=(?:" + b"|".join(sorted(METHODS)) + rb") )")
+NEXT_REQUEST = re.compile(rb"\n(?=(?:" + b"|".join(map(re.escape, sorted(METHODS))) + rb") )")
 NEXT_RESPONSE = re.compile(rb"\n(?=HTTP/\d\.\d \d{3})")
 
 
@@ -53,7 +60,7 @@ def probe(data: bytes, to_server: bool) -> bool | None:
             return False
         first = data.split(b" ", 1)[0]
         if b" " not in data:
-            return None if len(first) < 16 and (not first or first.isupper()) else False
+            return None if len(first) <= LONGEST_METHOD and (not first or first.isupper()) else False
         return None if first in METHODS else False
     return _request_method(data[: line_end + 1]) is not None
 

@@ -3,9 +3,12 @@
 Owns the list; a new protocol module is added here and nowhere else.
 """
 
-from . import ams, http, modbus, s7comm
+from . import ads_discovery, ams, http, modbus, s7comm
 
-ANALYZERS = (modbus.ANALYZER, s7comm.ANALYZER, ams.ANALYZER, ams.UDP_ANALYZER, http.ANALYZER)
+# ads_discovery before AMS/UDP: both on UDP 48899, the first to claim a flow wins
+ANALYZERS = (
+    modbus.ANALYZER, s7comm.ANALYZER, ams.ANALYZER, ads_discovery.ANALYZER, ams.UDP_ANALYZER, http.ANALYZER,
+)  # fmt: skip
 
 # Ports on which the responder of a flow whose handshake was not seen is assumed to listen:
 # the analyzers' own ports and the common IT/OT services (IANA registry).
