@@ -40,6 +40,11 @@ class Settings:
     api_threads: int = 8  # API requests answered at once
     prepare_interfaces: bool = False  # bring the interfaces up listen-only (no address, ARP, IPv6) first
     ring_mb: int = 64  # kernel ring per interface and worker, in MiB (1 MiB blocks)
+    admin_socket: str | None = None  # the admin socket (CONTRACT.md section 7); None: the DB's path + ".sock"
+
+    @property
+    def admin_socket_path(self) -> str:
+        return self.admin_socket or self.db + ".sock"
 
     def check(self) -> None:
         """What `run` needs beyond well-typed values; SettingsError names the setting."""
@@ -76,6 +81,7 @@ _TYPES = {
     "api_threads": (int,),
     "prepare_interfaces": (bool,),
     "ring_mb": (int,),
+    "admin_socket": (str,),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
                bool: "true or false"}  # fmt: skip
@@ -94,7 +100,7 @@ def _value(key: str, value, source: str):
         if not all(isinstance(name, str) and name for name in value):
             raise SettingsError(f"{source}: interfaces must be a list of interface names, not {value!r}")
         return tuple(dict.fromkeys(value))  # in order, each once
-    if key in {"bpf", "tls_cert", "tls_key"} and value == "":
+    if key in {"bpf", "tls_cert", "tls_key", "admin_socket"} and value == "":
         return None  # an empty string in TOML means "not set" (TOML has no null)
     if key in {"flush_interval", "retention_days"}:
         return float(value)
@@ -192,6 +198,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bring the interfaces up listen-only first: no address, no ARP, no IPv6 (needs CAP_NET_ADMIN)",
     )
     add("--ring-mb", type=_count, metavar="MIB", help=f"kernel ring per interface and worker (default {default.ring_mb})")  # fmt: skip
+    add("--admin-socket", metavar="PATH", help="the admin socket for token, connections, devices, status, export "
+        "(default: the DB's path + .sock)")  # fmt: skip
+
+
+# What SIGHUP can change in a running daemon; every other setting needs a restart.
+RELOADABLE = ("bpf", "flush_interval", "retention_days", "rate_limit")
+
+
+def changes(old: Settings, new: Settings) -> tuple[dict, dict]:
+    """(reloadable, restart-only) settings that differ between ``old`` and ``new``: name -> (old, new)."""
+    differ = {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in fields(Settings)
+              if getattr(old, f.name) != getattr(new, f.name)}  # fmt: skip
+    return ({k: v for k, v in differ.items() if k in RELOADABLE},
+            {k: v for k, v in differ.items() if k not in RELOADABLE})  # fmt: skip
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
