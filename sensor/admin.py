@@ -151,7 +151,7 @@ def status(holder: Holder, args: dict) -> str:
         "pid": os.getpid(),
         "uptimeSeconds": round(now - holder.started, 1),
         "api": holder.api_url,
-        "db": {"path": holder.store.path, "bytes": _db_bytes(holder.store.path)},
+        "db": {"path": os.path.abspath(holder.store.path), "bytes": _db_bytes(holder.store.path)},
         "mode": stats.get("mode", "replay"),
         "interfaces": stats.get("interfaces", []),
         "packets": stats.get("packets", 0),
