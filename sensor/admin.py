@@ -313,7 +313,10 @@ def _ask(path: str, command: str, args: dict, seconds: float) -> str | None:
             raise AdminError(f"cannot reach the admin socket {path}: {error.strerror or error}") from None
         request = json.dumps({"command": command, "args": args}).encode() + b"\n"
         try:
-            client.sendall(request)
+            try:
+                client.sendall(request)
+            except BrokenPipeError:  # the daemon answered early (a refusal): its answer is still to be read
+                pass
             stream = client.makefile("rb")
             header = stream.readline(MAX_REQUEST_BYTES)
             if not header.endswith(b"\n"):
@@ -438,12 +441,12 @@ class AdminServer:
     def _answer(self, connection: socket.socket) -> None:
         try:
             connection.settimeout(REQUEST_SECONDS)
-            problem = self._refusal(connection)
-            if problem:
-                _reply_error(connection, problem)
-                return
             try:
+                # the request is read (bounded) before a refusal, so the peer is never cut off mid-send
                 name, args = _read_request(connection)
+                problem = self._refusal(connection)
+                if problem:
+                    raise AdminError(problem)
                 entry = self.commands.get(name)
                 if entry is None:
                     raise AdminError(f"unknown admin command {name!r} (known: {', '.join(self.commands)})")

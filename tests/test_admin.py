@@ -36,15 +36,20 @@ ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, veth, packet sockets, setuid)")
 
-# Run inside the namespace: argv = destination ip, port, count; a datagram every 0.5 ms, so the stream
-# is still flowing while the test reloads the daemon.
+# Run inside the namespace: argv = destination ip, port. A datagram every 0.5 ms until stdin is closed;
+# then prints how many were sent.
 SEND_STREAM = """
-import socket, sys, time
-ip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import socket, sys, threading, time
+ip, port = sys.argv[1], int(sys.argv[2])
+closed = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(count):
-    sock.sendto(b"stream-%06d" % i, (ip, port))
+sent = 0
+while not closed.is_set():
+    sock.sendto(b"stream-%06d" % sent, (ip, port))
+    sent += 1
     time.sleep(0.0005)
+print(sent)
 """
 
 
@@ -243,21 +248,25 @@ def test_sighup_changes_flush_interval_and_filter_without_losing_a_packet(plant,
         assert status["pendingConnections"] == 1 and status["flushCount"] == 0  # an hour until the first flush
         assert ok(otsensor("connections", "--db", db)) == "[]\n"
 
-        # a stream flows while the filter and the flush interval change
+        # a stream flows before, during and after the change of filter and flush interval
         stream = subprocess.Popen(
-            ["ip", "netns", "exec", plant.ns, sys.executable, "-c", SEND_STREAM, GHOST_IP, "9999", "4000"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            ["ip", "netns", "exec", plant.ns, sys.executable, "-c", SEND_STREAM, GHOST_IP, "9999"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        time.sleep(0.5)  # the stream is under way
-        daemon.write_config(plant, bpf="udp", flush_interval=0.5, ring_mb=32)
-        daemon.process.send_signal(signal.SIGHUP)
-        wait_for(
-            lambda: daemon.status()["settings"]["worker_filters"] == ["udp", "udp"], 20, "the new filter in each worker"
-        )
-        still_streaming = stream.poll() is None
-        assert stream.wait(60) == 0, stream.stderr.read()
-        assert still_streaming, "the stream ended before the reload: make it longer"
+        try:
+            wait_for(lambda: daemon.status()["packets"] > 300, 20, "the stream")
+            daemon.write_config(plant, bpf="udp", flush_interval=0.5, ring_mb=32)
+            daemon.process.send_signal(signal.SIGHUP)
+            wait_for(
+                lambda: daemon.status()["settings"]["worker_filters"] == ["udp", "udp"], 20, "the filter in each worker"
+            )
+            during = daemon.status()["packets"]
+            wait_for(lambda: daemon.status()["packets"] > during, 20, "the stream after the reload")
+        finally:
+            sent, _ = stream.communicate("", timeout=60)  # stdin closed: the stream stops and says how many
+        assert stream.returncode == 0
         settings = daemon.status()["settings"]
         assert settings["bpf"] == "udp" and settings["flush_interval"] == 0.5
         reload_line = next(line for line in daemon.lines if "SIGHUP: applied" in line)
@@ -267,7 +276,7 @@ def test_sighup_changes_flush_interval_and_filter_without_losing_a_packet(plant,
         plant.run(SEND_UDP, GHOST_IP, 9998, 100, "now-seen", 0)  # through the new filter
         # the new flush interval: in the DB within seconds, not an hour
         connections = wait_for(lambda: json.loads(ok(otsensor("connections", "--db", db))), 20, "a flush")
-        total = 300 + 4000 + 100
+        total = 300 + int(sent) + 100
         wait_for(lambda: daemon.status()["packets"] == total, 20, f"{total} packets")
         wait_for(lambda: json.loads(ok(otsensor("connections", "--db", db)))[0]["ports"] == [9998, 9999], 20, "9998")
         status = daemon.status()
