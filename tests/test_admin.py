@@ -53,11 +53,15 @@ print(sent)
 """
 
 
-def otsensor(*args: str, as_user: tuple[int, int] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def otsensor(
+    *args: str, as_user: tuple[int, int] | None = None, groups: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """`otsensor ARGS`; ``as_user`` (uid, gid) runs it as that user, with ``groups`` as its only supplementary ones."""
     command = [sys.executable, "-m", "sensor", *args]
     if as_user is not None:
         uid, gid = as_user
-        command = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *command]
+        extra = f"--groups={groups}" if groups else "--clear-groups"
+        command = ["setpriv", f"--reuid={uid}", f"--regid={gid}", extra, *command]
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
@@ -218,7 +222,9 @@ def test_tokens_queries_status_and_export_while_capturing(plant, workdir):
         # a user outside the socket's group is refused; one inside it is let in
         refused = otsensor("token", "list", "--db", db, as_user=(NOBODY, NOBODY))
         one_line_error(refused, "permission denied")
-        assert "dashboard" in ok(otsensor("token", "list", "--db", db, as_user=(NOBODY, os.stat(db + ".sock").st_gid)))
+        group = os.stat(db + ".sock").st_gid
+        assert "dashboard" in ok(otsensor("token", "list", "--db", db, as_user=(NOBODY, group)))
+        assert "dashboard" in ok(otsensor("token", "list", "--db", db, as_user=(NOBODY, NOBODY), groups=str(group)))
 
         # revoked through the CLI: refused by the API at once
         assert "revoked" in ok(otsensor("token", "revoke", "--db", db, "dashboard"))
@@ -234,6 +240,9 @@ def test_tokens_queries_status_and_export_while_capturing(plant, workdir):
     # with no daemon the same commands open the file and print the same
     assert ok(otsensor("devices", "--db", db)) == devices_body + "\n"
     one_line_error(otsensor("status", "--db", db), "no otsensor daemon holds")
+    [written] = re.findall(r"devices: 2 rows -> (\S+)", ok(otsensor("export", "--db", db, "--format", "csv")))
+    assert Path(written).parent.parent == workdir and Path(written).parent.name.startswith("otsensor-export-")
+    assert duckdb.sql(f"SELECT count(*) FROM read_csv('{written}')").fetchall() == [(2,)]
 
 
 @needs_root
@@ -282,9 +291,41 @@ def test_sighup_changes_flush_interval_and_filter_without_losing_a_packet(plant,
         status = daemon.status()
         assert status["interfaces"] == [{"name": plant.a, "packets": total, "drops": 0}]  # every one, none twice
         assert status["kernelDrops"] == 0 and len(connections) == 1
+
+        # a filter tcpdump cannot compile changes nothing, and the log says why
+        daemon.write_config(plant, bpf="udp and and", flush_interval=0.5)
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("SIGHUP: bpf stays 'udp'" in line for line in daemon.lines), 20, "the refusal")
+        assert daemon.status()["settings"]["worker_filters"] == ["udp", "udp"]
         assert daemon.stop() == 0, daemon.stderr()
     finally:
         daemon.stop()
+
+
+def test_reload_applies_the_rate_limit_and_names_what_needs_a_restart(tmp_path, caplog):
+    """A Daemon without workers: what SIGHUP changes in the API process."""
+    from dataclasses import replace
+
+    from sensor.daemon import Daemon
+    from sensor.settings import Settings
+
+    store = Store(tmp_path / "r.duckdb")
+    settings = Settings(interfaces=("span0",), workers=1, db=store.path, listen="127.0.0.1:0")
+    wanted = [replace(settings, rate_limit=5, listen="127.0.0.1:1")]
+    daemon = Daemon(settings, store, lambda: wanted[0])
+    daemon.prepare_api()
+    try:
+        with caplog.at_level("INFO", logger="otsensor"):
+            daemon.reload()
+        assert daemon.api_context.limiter.limit == 5 and daemon.settings.rate_limit == 5
+        assert daemon.settings.listen == "127.0.0.1:0"  # a restart's business
+        assert "applied rate_limit 600 -> 5; need a restart: listen '127.0.0.1:0' -> '127.0.0.1:1'" in caplog.text
+        wanted[0] = replace(wanted[0], rate_limit=0)
+        daemon.reload()
+        assert daemon.api_context.limiter is None and daemon.settings.rate_limit == 0
+    finally:
+        daemon.server.stop()
+        store.close()
 
 
 # --- the socket itself -----------------------------------------------------------------------------------------
