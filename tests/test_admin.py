@@ -448,17 +448,28 @@ def test_commands_on_a_missing_db_exit_2(tmp_path):
     assert not (tmp_path / "none.duckdb").exists()
 
 
-def test_help_names_every_default_and_unit():
+def test_help_names_every_default_and_unit(capsys):
+    from sensor.cli import main
+
+    def help_of(*command: str) -> str:
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        return capsys.readouterr().out
+
     def db_help(*command: str) -> str:
-        options = ok(otsensor(*command, "--help")).split("options:", 1)[1]
+        options = help_of(*command).split("options:", 1)[1]
         return " ".join(re.search(r"--db DB\s+(.*?)(?=\n  -)", options, re.DOTALL).group(1).split())
 
     for command in ("connections", "devices", "status", "export", "serve", "replay", "run"):
         assert "(default " in db_help(command), command
     for action in ("create", "list", "revoke"):
         assert "(default otsensor.duckdb" in db_help("token", action)
-    connections = ok(otsensor("connections", "--help"))
+    connections = help_of("connections")
     assert "MINUTES" in connections and "epoch milliseconds" in connections
-    serve = ok(otsensor("serve", "--help"))
+    serve = help_of("serve")
     assert "--api-threads" in serve and "--threads" not in serve.replace("--api-threads", "")
-    assert "--api-threads" in ok(otsensor("run", "--help"))
+    assert "--api-threads" in help_of("run")
+    from sensor.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--threads", "3"]).api_threads == 3  # the old spelling still works
+    assert build_parser().parse_args(["serve"]).api_threads == 8
