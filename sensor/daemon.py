@@ -9,7 +9,11 @@ clean stop; never decodes a packet in the main process, never sends on a capture
               └──────────── a pipe per worker ─────────────► main: pending ConnectionTable
                                                             (the semilattice join of deltas)
     main: APScheduler jobs — flush (Store.merge every flush_interval), statistics, retention —
-          and the API (cheroot) in a thread, over the same Store.
+          the API (cheroot) in a thread, over the same Store, and the admin socket (sensor.admin:
+          tokens, queries, status, export for the CLI while this process holds the DB).
+    SIGHUP: the settings are read again; bpf, flush_interval, retention_days and rate_limit change live
+          (a new filter goes down each worker's orders pipe and onto its open sockets), the rest is
+          logged as needing a restart.
 
 Workers are *spawned* (a fresh interpreter), not forked: the main process holds a DuckDB handle, a
 listening socket and scheduler threads, none of which a child must inherit, and a worker imports only
@@ -17,9 +21,10 @@ capture and engine (never Flask nor DuckDB). A worker ignores SIGINT/SIGTERM (th
 when to stop, so a terminal's Ctrl-C or systemd's stop reaches it once, through the main process) and
 dies with its parent (PR_SET_PDEATHSIG), so a SIGKILLed daemon leaves no capture behind.
 
-Each worker has two pipes of its own — stop (main → worker) and reports (worker → main) — and shares
-no lock with any other process: a multiprocessing Queue or Event would, and a worker killed while
-holding one (OOM killer, kill -9) would hang every other worker's reports or the main process's stop.
+Each worker has two pipes of its own — orders (main → worker: "stop", or a new capture filter) and
+reports (worker → main) — and shares no lock with any other process: a multiprocessing Queue or Event
+would, and a worker killed while holding one (OOM killer, kill -9) would hang every other worker's
+reports or the main process's stop. A worker ignores SIGHUP as well: a reload is the main process's.
 
 What a SIGKILL can lose: the deltas not yet flushed — at most one flush interval plus one report
 interval of traffic. The DB is never corrupt (each flush is one DuckDB transaction) and device ids live
@@ -230,7 +235,8 @@ def worker_main(index: int, settings: Settings, groups: list[int], reports, stop
 
     Sends on ``reports``: ("ready", index), then ("report", index, wire delta or None, counters) every
     report interval and once more after the rings are drained, then ("done", index); or ("fatal", index,
-    text) if a ring cannot be opened at start. Stops when anything arrives on ``stop_pipe`` or it ends.
+    text) if a ring cannot be opened at start. Stops when "stop" arrives on ``stop_pipe`` or it ends; a
+    ("filter", ...) order there swaps the capture filter of its rings (see :func:`_listen_to_main`).
     """
     _die_with_parent(parent)
     for number in _WORKER_IGNORES:
