@@ -166,7 +166,7 @@ def _admin_server(args, db: str, role: str, app, server):
         role=role,
         stats=lambda: context.stats() if callable(context.stats) else {},
         tokens_changed=context.tokens.invalidate,
-        api_url=server.url,
+        api_url=reachable_url(server.url),
     )
     admin = AdminServer(args.admin_socket or default_socket(db), holder)
     try:

@@ -137,6 +137,10 @@ def devices(holder: Holder, _args: dict) -> str:
     return serialize.dumps(serialize.devices(holder.store.cursor())) + "\n"
 
 
+def _size(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB" if count >= 1e6 else f"{count / 1e3:,.1f} kB"
+
+
 def _db_bytes(path: str) -> int:
     return sum(os.path.getsize(p) for p in (path, path + ".wal") if os.path.exists(p))
 
@@ -170,7 +174,7 @@ def status(holder: Holder, args: dict) -> str:
     lines = [
         f"otsensor {body['version']}: `otsensor {holder.role}` (pid {body['pid']}), up "
         f"{uptime // 86400}d {uptime % 86400 // 3600:02}:{uptime % 3600 // 60:02}:{uptime % 60:02}",
-        f"DB:          {body['db']['path']} ({body['db']['bytes'] / 1e6:,.1f} MB)",
+        f"DB:          {body['db']['path']} ({_size(body['db']['bytes'])})",
         f"API:         {body['api'] or '-'}",
     ]
     if body["mode"] == "live":

@@ -591,6 +591,8 @@ class Daemon:
 
     def start_admin(self) -> None:
         """The admin socket beside the DB (sensor.admin): tokens, queries, status and export while capturing."""
+        from api.cli import reachable_url
+
         from .admin import AdminServer, Holder
 
         holder = Holder(
@@ -599,7 +601,7 @@ class Daemon:
             stats=self.snapshot,
             settings=self.effective_settings,
             tokens_changed=self.api_context.tokens.invalidate,
-            api_url=self.server.url,
+            api_url=reachable_url(self.server.url),
         )
         self.admin = AdminServer(self.settings.admin_socket_path, holder)
         self.admin.start()
