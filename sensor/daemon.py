@@ -662,11 +662,16 @@ class Daemon:
     def _apply_retention_days(self, days: float) -> None:
         if self.scheduler is None:
             return
+        from datetime import UTC, datetime
+
         job = self.scheduler.get_job("retention")
+        now = datetime.now(UTC)  # the new horizon is applied at once, then every hour as at start
         if days > 0 and job is None:
             self.scheduler.add_job(self.retention, id="retention", trigger="interval", seconds=RETENTION_SECONDS,
-                                   max_instances=1, coalesce=True, misfire_grace_time=None)  # fmt: skip
-        elif days <= 0 and job is not None:
+                                   max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=now)  # fmt: skip
+        elif days > 0:
+            job.modify(next_run_time=now)
+        elif job is not None:
             job.remove()
 
     def _apply_rate_limit(self, limit: int) -> None:
