@@ -302,6 +302,39 @@ def test_sighup_changes_flush_interval_and_filter_without_losing_a_packet(plant,
         daemon.stop()
 
 
+def test_tokens_made_and_revoked_through_the_socket_bite_at_once(tmp_path):
+    """The API caches the tokens table; a change through the admin socket must not wait for the cache."""
+    from sensor.admin import call
+    from sensor.daemon import Daemon
+    from sensor.settings import Settings
+
+    store = Store(tmp_path / "t.duckdb")
+    daemon = Daemon(Settings(interfaces=("span0",), workers=1, db=store.path, listen="127.0.0.1:0"), store)
+    daemon.prepare_api()
+    daemon.api_context.tokens.ttl = 3600.0  # only an invalidation can show the API a new token now
+    daemon.start_admin()
+    threading.Thread(target=daemon.server.serve_forever, daemon=True).start()
+
+    def answer(token: str) -> int:
+        request = urllib.request.Request(daemon.server.url + "/api/v1/devices", headers={"Authorization": token})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        assert answer("not-a-token") == 401  # the cache is filled
+        secret = call(store.path, "token-create", {"name": "historian"}).splitlines()[-1]
+        assert answer(secret) == 200
+        call(store.path, "token-revoke", {"name": "historian"})
+        assert answer(secret) == 401
+    finally:
+        daemon.admin.stop()
+        daemon.server.stop()
+        store.close()
+
+
 def test_reload_applies_the_rate_limit_and_names_what_needs_a_restart(tmp_path, caplog):
     """A Daemon without workers: what SIGHUP changes in the API process."""
     from dataclasses import replace
