@@ -746,14 +746,15 @@ class Daemon:
         self.start_jobs()
         self.server_thread = threading.Thread(target=self._serve_api, name="api", daemon=True)
         self.server_thread.start()
-        from api.cli import reachable_url
+        from api.cli import curl_line, reachable_url
 
-        names = ", ".join(self.settings.interfaces)
+        names, url = ", ".join(self.settings.interfaces), reachable_url(self.server.url)
         log.info(
             "capturing on %s with %d workers; API on %s; flushing to %s every %g s; admin socket %s",
-            names, len(self.workers), reachable_url(self.server.url), self.store.path, self.settings.flush_interval,
-            self.admin.path,
+            names, len(self.workers), url, self.store.path, self.settings.flush_interval, self.admin.path,
         )  # fmt: skip
+        log.info("try: %s (a token: otsensor token create --db %s --name NAME)", curl_line(url, "$TOKEN",
+                 self.settings.tls_cert), self.store.path)  # fmt: skip
         while not self.stopping.is_set():
             self.wakeup.wait(1.0)
             self.wakeup.clear()
