@@ -113,21 +113,32 @@ class TokenRecord:
 
 
 class TokenBook:
-    """The tokens table as last read, re-read at most ``ttl`` seconds later: a revocation bites within ttl."""
+    """The tokens table as last read, re-read at most ``ttl`` seconds later: a revocation made elsewhere bites
+    within ttl; one made in this process (the admin socket) calls :meth:`invalidate` and bites at once."""
 
     def __init__(self, store, ttl: float = 1.0) -> None:
         self.store, self.ttl = store, ttl
         self._records: tuple[TokenRecord, ...] = ()
         self._loaded = -math.inf
+        self._changes = 0  # bumped by invalidate(); the records hold the table as of _seen changes
+        self._seen = 0
         self._lock = threading.Lock()
 
+    def invalidate(self) -> None:
+        """The table changed (a token was made or revoked): the next check reads it again."""
+        self._changes += 1
+
+    def _stale(self) -> bool:
+        return self._seen != self._changes or time.monotonic() - self._loaded >= self.ttl
+
     def records(self) -> tuple[TokenRecord, ...]:
-        if time.monotonic() - self._loaded >= self.ttl:
+        if self._stale():
             with self._lock:
-                if time.monotonic() - self._loaded >= self.ttl:
+                if self._stale():
+                    seen = self._changes  # read first: a change during the query makes the next check re-read
                     rows = self.store.cursor().execute("SELECT name, hash, expires, revoked FROM tokens").fetchall()
                     self._records = tuple(TokenRecord(*row) for row in rows)
-                    self._loaded = time.monotonic()
+                    self._loaded, self._seen = time.monotonic(), seen
         return self._records
 
     def verify(self, header: str | None) -> TokenRecord:

@@ -10,18 +10,18 @@ from __future__ import annotations
 import argparse
 import shlex
 import signal
+import socket
 import sys
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
-from sensor.serialize import dumps
 from sensor.store import Store
 
 from . import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SETTINGS
 
 # Flask, cheroot and prometheus-client are imported by the handlers that need them, not on every `otsensor`
 
+DEFAULT_DB = "otsensor.duckdb"
 DEMO_DB = "otsensor-demo.duckdb"
 DEMO_TOKEN = "demo"
 DEFAULT_THREADS = 8
@@ -44,52 +44,68 @@ def _serving_flags(parser: argparse.ArgumentParser) -> None:
         "--listen",
         default=f"{DEFAULT_HOST}:{DEFAULT_PORT}",
         metavar="HOST:PORT",
-        help=f"address to serve on (default {DEFAULT_HOST}:{DEFAULT_PORT})",
+        help=f"address to serve on (default {DEFAULT_HOST}:{DEFAULT_PORT}; 0.0.0.0:PORT for every address)",
     )
     parser.add_argument("--tls-cert", metavar="FILE", help="PEM certificate: with --tls-key, serve HTTPS only")
     parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     parser.add_argument(
-        "--threads",
+        "--api-threads",
         type=_non_negative,
         default=DEFAULT_THREADS,
-        help=f"requests answered at once (default {DEFAULT_THREADS})",
+        metavar="N",
+        help=f"API requests answered at once (default {DEFAULT_THREADS}; as `otsensor run --api-threads`)",
+    )
+    # the spelling of earlier releases, kept working but no longer shown
+    parser.add_argument(
+        "--threads", dest="api_threads", type=_non_negative, default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--rate-limit",
         type=_non_negative,
         default=DEFAULT_SETTINGS["rate_limit"],
-        help="requests per token per --rate-window; 0 turns it off (default %(default)s)",
+        metavar="N",
+        help="API requests per token per --rate-window; 0 turns it off (default %(default)s)",
     )
     parser.add_argument(
         "--rate-window",
         type=_non_negative,
         default=int(DEFAULT_SETTINGS["rate_window"]),
-        help="seconds (default %(default)s)",
+        metavar="SECONDS",
+        help="the rate limit's window in seconds (default %(default)s)",
+    )
+    parser.add_argument(
+        "--admin-socket",
+        metavar="PATH",
+        help="the admin socket that token, connections, devices, status and export use (default: DB + .sock)",
     )
 
 
 def add_commands(commands) -> None:
     """Add serve, demo and token to sensor.cli's subparsers."""
     serve = commands.add_parser("serve", help="serve the API over an existing DB (no capture)")
-    serve.add_argument("--db", default="otsensor.duckdb", help="the DuckDB file (default %(default)s)")
+    serve.add_argument("--db", default=DEFAULT_DB, help="the DuckDB file (default %(default)s; must exist)")
     _serving_flags(serve)
 
     demo = commands.add_parser("demo", help="replay the bundled captures, make a token and serve the API")
     _serving_flags(demo)
     demo.add_argument("--pcaps", metavar="DIR", help="captures to replay instead of the bundled ones")
 
-    token = commands.add_parser("token", help="create, list or revoke API tokens")
+    token = commands.add_parser(
+        "token", help="create, list or revoke API tokens (through the admin socket while a daemon holds the DB)"
+    )
     actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="make a token and print it, alone, on the last line")
-    create.add_argument("--db", default="otsensor.duckdb")
-    create.add_argument("--name", required=True)
-    create.add_argument("--expires-in-days", type=_non_negative, help="default: never expires")
+    create.add_argument("--name", required=True, help="one per integration (grafana, prometheus ...)")
+    create.add_argument("--expires-in-days", type=_non_negative, metavar="DAYS", help="default: never expires")
     listing = actions.add_parser("list", help="every token's name, dates and status (never the token)")
-    listing.add_argument("--db", default="otsensor.duckdb")
     listing.add_argument("--json", action="store_true", help="print one JSON array")
-    revoke = actions.add_parser("revoke", help="revoke the token with this name")
-    revoke.add_argument("--db", default="otsensor.duckdb")
+    revoke = actions.add_parser("revoke", help="revoke the token with this name (refused by the API at once)")
     revoke.add_argument("name", metavar="NAME")
+    for action in (create, listing, revoke):
+        action.add_argument("--db", default=DEFAULT_DB, help="the DuckDB file (default %(default)s; must exist)")
+        action.add_argument(
+            "--admin-socket", metavar="PATH", help="the admin socket of the daemon holding the DB (default: DB + .sock)"
+        )
 
 
 # -- serving ----------------------------------------------------------------------------------
@@ -102,18 +118,62 @@ def _settings(args, **extra) -> dict:
 def _server(app, args):
     from .server import ApiServer, ServeError, parse_listen
 
-    if args.threads < 1:
-        raise CommandError("--threads must be at least 1")
+    if args.api_threads < 1:
+        raise CommandError("--api-threads must be at least 1")
     try:
         host, port = parse_listen(args.listen)
         for path in filter(None, (args.tls_cert, args.tls_key)):
             if not Path(path).is_file():
                 raise ServeError(f"no such file: {path}")
-        server = ApiServer(app, host, port, args.tls_cert, args.tls_key, args.threads)
+        server = ApiServer(app, host, port, args.tls_cert, args.tls_key, args.api_threads)
         server.prepare()
     except ServeError as error:
         raise CommandError(str(error)) from None
     return server
+
+
+def reachable_url(url: str) -> str:
+    """``url`` with a wildcard host (0.0.0.0, ::) replaced by an address another machine can use: this one's
+    primary address (the source address of its default route), else the loopback address."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host not in {"0.0.0.0", "::", ""}:
+        return url
+    family = socket.AF_INET6 if host == "::" else socket.AF_INET
+    probe_address = "2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1"  # documentation ranges
+    try:
+        # connect() on a UDP socket picks the route and source address; it sends nothing
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((probe_address, 9))
+            address = probe.getsockname()[0]
+    except OSError:  # no route at all (an isolated appliance)
+        address = ""
+    if not address or address in {"0.0.0.0", "::"} or address.startswith("127.") or address == "::1":
+        address = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    shown = f"[{address}]" if ":" in address else address
+    return f"{parts.scheme}://{shown}:{parts.port}"
+
+
+def _admin_server(args, db: str, role: str, app, server):
+    """The admin socket beside ``db`` for `serve` and `demo`: token, connections, devices, status, export."""
+    from sensor.admin import AdminError, AdminServer, Holder, default_socket
+
+    context = app.extensions["otsensor"]
+    holder = Holder(
+        context.store,
+        role=role,
+        stats=lambda: context.stats() if callable(context.stats) else {},
+        tokens_changed=context.tokens.invalidate,
+        api_url=reachable_url(server.url),
+    )
+    admin = AdminServer(args.admin_socket or default_socket(db), holder)
+    try:
+        admin.start()
+    except AdminError as error:
+        raise CommandError(str(error)) from None
+    return admin
 
 
 def run_until_stopped(server) -> None:
@@ -141,13 +201,19 @@ def cmd_serve(args) -> int:
     if not Path(args.db).is_file():
         raise CommandError(f"no such DB: {args.db} (make one with `otsensor replay PATH --db {args.db}`)")
     store = Store(args.db)
+    admin = None
     try:
-        # nothing else writes this DB while it is served here, so its data has one generation
+        # nothing else writes this DB while it is served here (tokens are not data), so its data has one generation
         app = create_app(store, _settings(args, generation=lambda: 0))
         server = _server(app, args)
-        print(f"otsensor: serving {args.db} at {server.url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        admin = _admin_server(args, args.db, "serve", app, server)
+        url = reachable_url(server.url)
+        print(f"otsensor: serving {args.db} at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        print(f"otsensor: {curl_line(url, '$TOKEN', args.tls_cert)}", file=sys.stderr, flush=True)
         run_until_stopped(server)
     finally:
+        if admin is not None:
+            admin.stop()
         store.close()
     return 0
 
@@ -177,8 +243,10 @@ def _fresh(db: Path) -> None:
 
 
 def curl_line(url: str, token: str, tls_cert: str | None = None) -> str:
+    """A ready curl line; the token ``$TOKEN`` stays a shell variable (double quotes)."""
     trust = f"--cacert {shlex.quote(tls_cert)} " if tls_cert else ""
-    return f"curl {trust}-H {shlex.quote('Authorization: ' + token)} {url}/api/v1/devices/connections"
+    header = f'"Authorization: {token}"' if token == "$TOKEN" else shlex.quote("Authorization: " + token)
+    return f"curl {trust}-H {header} {url}/api/v1/devices/connections"
 
 
 def cmd_demo(args) -> int:
@@ -191,6 +259,7 @@ def cmd_demo(args) -> int:
     db = Path(DEMO_DB)  # in the working directory, as the contract has it
     _fresh(db)
     store = Store(db)
+    admin = None
     try:
         summary = replay([str(path) for path in captures], store, progress=sys.stderr.isatty())
         token = create_token(store, DEMO_TOKEN)
@@ -202,15 +271,19 @@ def cmd_demo(args) -> int:
         }
         app = create_app(store, _settings(args, stats=lambda: stats, generation=lambda: 0))
         server = _server(app, args)
+        admin = _admin_server(args, str(db), "demo", app, server)
+        url = reachable_url(server.url)
         print(
             f"replayed {len(summary['files'])} captures from {captures[0].parent}: {summary['packets']:,} packets, "
             f"{summary['devices']:,} devices, {summary['connections']:,} connections into {db}"
         )
-        print(f"API:   {server.url}/api/v1/  (OpenAPI: {server.url}/api/v1/openapi.json)")
+        print(f"API:   {url}/api/v1/  (OpenAPI: {url}/api/v1/openapi.json)")
         print(f"token: {token}")
-        print(curl_line(server.url, token, args.tls_cert), flush=True)
+        print(curl_line(url, token, args.tls_cert), flush=True)
         run_until_stopped(server)
     finally:
+        if admin is not None:
+            admin.stop()
         store.close()
     return 0
 
@@ -218,44 +291,18 @@ def cmd_demo(args) -> int:
 # -- tokens -----------------------------------------------------------------------------------
 
 
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def cmd_token(args) -> int:
-    from .auth import TokenError, create_token, list_tokens, revoke_token
+    """`token create|list|revoke`: sensor.admin runs them, on the file or through the daemon's socket."""
+    from sensor.admin import call
 
-    if args.token_command != "create" and not Path(args.db).is_file():
-        raise CommandError(f"no such DB: {args.db}")
-    store = Store(args.db)
-    try:
-        if args.token_command == "create":
-            try:
-                secret = create_token(store, args.name, args.expires_in_days)
-            except TokenError as error:
-                raise CommandError(str(error)) from None
-            expiry = "never expires" if args.expires_in_days is None else f"expires in {args.expires_in_days} days"
-            print(f"token {args.name!r} created ({expiry}); it is shown only now:")
-            print(secret)
-        elif args.token_command == "list":
-            tokens = list_tokens(store)
-            if args.json:
-                print(dumps(tokens))
-            else:
-                print(f"{'NAME':<24} {'CREATED':<21} {'EXPIRES':<21} {'REVOKED':<21} STATUS")
-                for t in tokens:
-                    print(
-                        f"{t['name']:<24} {_when(t['created']):<21} {_when(t['expires']):<21} "
-                        f"{_when(t['revoked']):<21} {t['status']}"
-                    )
-        else:
-            if not revoke_token(store, args.name):
-                raise CommandError(f"no token named {args.name!r} is left to revoke")
-            print(f"token {args.name!r} revoked")
-    finally:
-        store.close()
+    if args.token_command == "create":
+        values = {"name": args.name, "expires_in_days": args.expires_in_days}
+    elif args.token_command == "list":
+        values = {"json": args.json}
+    else:
+        values = {"name": args.name}
+    sys.stdout.write(call(args.db, f"token-{args.token_command}", values, args.admin_socket))
+    sys.stdout.flush()
     return 0
 
 

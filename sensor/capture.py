@@ -57,6 +57,7 @@ TPACKET_V3 = 2
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000  # reassemble IP fragments before hashing, so they stay on one socket
 SO_ATTACH_FILTER = 26  # not exported by Python's socket module
+SO_DETACH_FILTER = 27
 
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1 << 0
@@ -216,6 +217,24 @@ class Capture:
                 ) from None
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN | select.POLLERR)
+
+    def set_filter(self, program: list[tuple[int, int, int, int]] | None) -> None:
+        """Replace the capture filter of the open socket (None: capture everything), as a reload does.
+
+        The kernel swaps a socket's filter in one step (sk_attach_filter replaces the old program under
+        RCU): every frame is checked against the old filter or the new one, the ring and what it holds
+        stay, so nothing is lost. CaptureUnavailable if the kernel refuses the program.
+        """
+        if self._closed:
+            return
+        if program:
+            _attach_filter(self._sock, program)
+        else:
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # ENOENT: there was no filter
+                    raise CaptureUnavailable(f"cannot remove the capture filter: {exc.strerror}") from None
 
     # --- reading ------------------------------------------------------------------------------------
     def batches(self, stop_event: threading.Event | None = None, poll_timeout: float = 0.2) -> Iterator[FrameBatch]:

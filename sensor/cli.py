@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from api import cli as api_commands
 
-from . import serialize
+from . import admin, serialize
 from .readers import CaptureError
 from .settings import add_arguments as add_run_arguments
 from .store import Store, StoreError
 
 DEFAULT_DB = "otsensor.duckdb"
+DB_HELP = "the DuckDB file (default %(default)s)"
 
 
 class UsageError(Exception):
@@ -29,24 +31,62 @@ def _non_negative(text: str) -> int:
     return int(text)
 
 
+def add_admin_socket(parser: argparse.ArgumentParser) -> None:
+    """``--admin-socket``, for the commands that ask a running daemon when it holds the DB."""
+    parser.add_argument(
+        "--admin-socket",
+        metavar="PATH",
+        help="the admin socket of the daemon holding the DB, used when it holds it (default: DB + .sock)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="otsensor", description="Passive OT network sensor.")
+    parser = argparse.ArgumentParser(
+        prog="otsensor",
+        description="Passive OT network sensor. While a daemon (run, serve, demo) holds the DB, token, "
+        "connections, devices, status and export go through its admin socket (DB + .sock).",
+    )
+    parser.add_argument("--version", action="version", version=f"otsensor {admin.version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     replay = commands.add_parser("replay", help="ingest pcap/pcapng files or folders into the DB")
     replay.add_argument("paths", nargs="+", metavar="PATH")
-    replay.add_argument("--db", default=DEFAULT_DB)
+    replay.add_argument("--db", default=DEFAULT_DB, help=DB_HELP + "; made if missing")
     replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
     connections = commands.add_parser("connections", help="print the connections JSON the API serves")
-    connections.add_argument("--db", default=DEFAULT_DB)
-    connections.add_argument("--device-id", type=_non_negative)
-    connections.add_argument("--last-active-in-minutes", type=_non_negative)
-    connections.add_argument("--discovered-before", type=_non_negative)
-    connections.add_argument("--discovered-after", type=_non_negative)
+    connections.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    connections.add_argument("--device-id", type=_non_negative, metavar="ID", help="either side is this device id")
+    connections.add_argument(
+        "--last-active-in-minutes", type=_non_negative, metavar="MINUTES", help="last packet within MINUTES of now"
+    )
+    connections.add_argument(
+        "--discovered-before", type=_non_negative, metavar="MS", help="first packet before MS (epoch milliseconds)"
+    )
+    connections.add_argument(
+        "--discovered-after", type=_non_negative, metavar="MS", help="first packet after MS (epoch milliseconds)"
+    )
+    add_admin_socket(connections)
 
     devices = commands.add_parser("devices", help="print the devices JSON the API serves")
-    devices.add_argument("--db", default=DEFAULT_DB)
+    devices.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_admin_socket(devices)
+
+    status = commands.add_parser("status", help="what the daemon holding the DB is doing (from its admin socket)")
+    status.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    add_admin_socket(status)
+
+    export = commands.add_parser("export", help="write devices, connections (and alerts) as files for other tools")
+    export.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    export.add_argument("--format", choices=sorted(admin.EXPORT_FORMATS), required=True)
+    export.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for devices.FORMAT, connections.FORMAT ... (default: otsensor-export-TIME beside the DB, "
+        "which a daemon holding the DB can always write)",
+    )
+    add_admin_socket(export)
 
     run = commands.add_parser("run", help="the live daemon: capture, scheduled flushes and the API")
     add_run_arguments(run)
@@ -70,25 +110,41 @@ def cmd_replay(args) -> int:
     return 0
 
 
-def cmd_connections(args) -> int:
-    store = Store(args.db)
-    try:
-        where = serialize.ConnectionFilter(
-            args.device_id, args.last_active_in_minutes, args.discovered_before, args.discovered_after
-        )
-        print(serialize.connections_json(store.cursor(), where))
-    finally:
-        store.close()
+def run_admin(args, command: str, **values) -> int:
+    """An admin command on ``args.db``: through the daemon's socket when one holds it, else on the file."""
+    sys.stdout.write(admin.call(args.db, command, values, getattr(args, "admin_socket", None)))
+    sys.stdout.flush()
     return 0
+
+
+def cmd_connections(args) -> int:
+    return run_admin(
+        args,
+        "connections",
+        device_id=args.device_id,
+        last_active_in_minutes=args.last_active_in_minutes,
+        discovered_before=args.discovered_before,
+        discovered_after=args.discovered_after,
+    )
 
 
 def cmd_devices(args) -> int:
-    store = Store(args.db)
-    try:
-        print(serialize.dumps(serialize.devices(store.cursor())))
-    finally:
-        store.close()
-    return 0
+    return run_admin(args, "devices")
+
+
+def cmd_status(args) -> int:
+    return run_admin(args, "status", json=args.json)
+
+
+def cmd_export(args) -> int:
+    from datetime import UTC, datetime
+
+    if args.out is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = Path(args.db).resolve().parent / f"otsensor-export-{stamp}"
+    else:
+        out = Path(args.out).resolve()  # the daemon has another working directory
+    return run_admin(args, "export", format=args.format, out=str(out))
 
 
 def cmd_run(args) -> int:
@@ -99,13 +155,15 @@ def cmd_run(args) -> int:
         settings = load(args.config, overrides_from_args(args))
     except SettingsError as error:
         raise UsageError(str(error)) from None
-    return run(settings)
+    return run(settings, lambda: load(args.config, overrides_from_args(args)))  # SIGHUP reads them again
 
 
 COMMANDS = {
     "replay": cmd_replay,
     "connections": cmd_connections,
     "devices": cmd_devices,
+    "status": cmd_status,
+    "export": cmd_export,
     "run": cmd_run,
     **api_commands.COMMANDS,
 }
@@ -115,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CaptureError, StoreError, UsageError, api_commands.CommandError) as error:
+    except (CaptureError, StoreError, UsageError, api_commands.CommandError, admin.AdminError) as error:
         print(f"otsensor: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,7 +9,11 @@ clean stop; never decodes a packet in the main process, never sends on a capture
               └──────────── a pipe per worker ─────────────► main: pending ConnectionTable
                                                             (the semilattice join of deltas)
     main: APScheduler jobs — flush (Store.merge every flush_interval), statistics, retention —
-          and the API (cheroot) in a thread, over the same Store.
+          the API (cheroot) in a thread, over the same Store, and the admin socket (sensor.admin:
+          tokens, queries, status, export for the CLI while this process holds the DB).
+    SIGHUP: the settings are read again; bpf, flush_interval, retention_days and rate_limit change live
+          (a new filter goes down each worker's orders pipe and onto its open sockets), the rest is
+          logged as needing a restart.
 
 Workers are *spawned* (a fresh interpreter), not forked: the main process holds a DuckDB handle, a
 listening socket and scheduler threads, none of which a child must inherit, and a worker imports only
@@ -17,9 +21,10 @@ capture and engine (never Flask nor DuckDB). A worker ignores SIGINT/SIGTERM (th
 when to stop, so a terminal's Ctrl-C or systemd's stop reaches it once, through the main process) and
 dies with its parent (PR_SET_PDEATHSIG), so a SIGKILLed daemon leaves no capture behind.
 
-Each worker has two pipes of its own — stop (main → worker) and reports (worker → main) — and shares
-no lock with any other process: a multiprocessing Queue or Event would, and a worker killed while
-holding one (OOM killer, kill -9) would hang every other worker's reports or the main process's stop.
+Each worker has two pipes of its own — orders (main → worker: "stop", or a new capture filter) and
+reports (worker → main) — and shares no lock with any other process: a multiprocessing Queue or Event
+would, and a worker killed while holding one (OOM killer, kill -9) would hang every other worker's
+reports or the main process's stop. A worker ignores SIGHUP as well: a reload is the main process's.
 
 What a SIGKILL can lose: the deltas not yet flushed — at most one flush interval plus one report
 interval of traffic. The DB is never corrupt (each flush is one DuckDB transaction) and device ids live
@@ -40,11 +45,12 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 
-from .capture import Capture, CaptureUnavailable, prepare_passive_interface
+from .capture import Capture, CaptureUnavailable, compile_bpf, prepare_passive_interface
 from .connections import Connection, ConnectionTable, Device
 from .engine import Engine
-from .settings import Settings, SettingsError, add_arguments, load, overrides_from_args
+from .settings import Settings, SettingsError, add_arguments, changes, load, overrides_from_args
 
 log = logging.getLogger("otsensor")
 
@@ -58,6 +64,7 @@ REOPEN_SECONDS = 5.0  # a capture that failed (interface gone) is tried again th
 BLOCK_SIZE = 1 << 20  # TPACKET_V3 block: ring_mb blocks of 1 MiB per interface and worker
 DAY_MS = 86_400_000
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_WORKER_IGNORES = _STOP_SIGNALS | {signal.SIGHUP}  # a reload is the main process's business too
 
 
 # --- deltas on the wire ----------------------------------------------------------------------------
@@ -148,6 +155,13 @@ class InterfaceReader(threading.Thread):
                 if self._internal_errors == 1:
                     log.error("decoding a batch from %s failed:\n%s", self.interface, traceback.format_exc())
 
+    def set_filter(self, expression: str | None, program) -> None:
+        """A reload's new capture filter: onto the open socket now, and into the settings a reopen uses."""
+        with self._capture_lock:
+            self.settings = replace(self.settings, bpf=expression)
+            if self.capture is not None:
+                self.capture.set_filter(program)
+
     def stats(self) -> dict:
         with self._capture_lock:
             counts = self.capture.stats() if self.capture is not None else {}
@@ -177,13 +191,42 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _stop_when_told(stop_pipe, stop: threading.Event) -> None:
-    """A worker's watcher thread: the main process's "stop", or the end of the pipe (the main process is
-    gone), sets ``stop``."""
-    try:
-        stop_pipe.recv()
-    except (EOFError, OSError):
-        pass
+class _Reports:
+    """A worker's end of its reports pipe, shared by its reporting loop and its listener thread."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe, self._lock = pipe, threading.Lock()
+
+    def send(self, message) -> None:
+        with self._lock:
+            self.pipe.send(message)
+
+    def close(self) -> None:
+        self.pipe.close()
+
+
+def _listen_to_main(index: int, stop_pipe, stop: threading.Event, readers, reports: _Reports) -> None:
+    """A worker's listener thread. "stop", or the end of the pipe (the main process is gone), sets ``stop``;
+    ("filter", expression, {interface: program}) replaces the capture filter of every ring and is
+    acknowledged with ("filter", index, expression, problem or None)."""
+    while True:
+        try:
+            message = stop_pipe.recv()
+        except (EOFError, OSError):
+            break
+        if not (isinstance(message, tuple) and message[0] == "filter"):
+            break
+        _kind, expression, programs = message
+        problem = None
+        for reader in readers:
+            try:
+                reader.set_filter(expression, programs.get(reader.interface))
+            except (CaptureUnavailable, OSError) as error:
+                problem = f"{reader.interface}: {error}"
+        try:
+            reports.send(("filter", index, expression, problem))
+        except OSError:
+            break
     stop.set()
 
 
@@ -192,18 +235,21 @@ def worker_main(index: int, settings: Settings, groups: list[int], reports, stop
 
     Sends on ``reports``: ("ready", index), then ("report", index, wire delta or None, counters) every
     report interval and once more after the rings are drained, then ("done", index); or ("fatal", index,
-    text) if a ring cannot be opened at start. Stops when anything arrives on ``stop_pipe`` or it ends.
+    text) if a ring cannot be opened at start. Stops when "stop" arrives on ``stop_pipe`` or it ends; a
+    ("filter", ...) order there swaps the capture filter of its rings (see :func:`_listen_to_main`).
     """
     _die_with_parent(parent)
-    for number in _STOP_SIGNALS:
+    for number in _WORKER_IGNORES:
         signal.signal(number, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_IGNORES)
     logging.basicConfig(level=logging.INFO, format=f"otsensor worker {index}: %(message)s", stream=sys.stderr)
+    reports = _Reports(reports)
     stop = threading.Event()
-    threading.Thread(target=_stop_when_told, args=(stop_pipe, stop), name="stop-watcher", daemon=True).start()
     engine, engine_lock = Engine(), threading.Lock()
     readers = [InterfaceReader(name, group, settings, engine, engine_lock, stop)
                for name, group in zip(settings.interfaces, groups)]  # fmt: skip
+    threading.Thread(target=_listen_to_main, args=(index, stop_pipe, stop, readers, reports), name="main-listener",
+                     daemon=True).start()  # fmt: skip
     try:
         for reader in readers:
             reader.open()
@@ -251,13 +297,15 @@ class Worker:
         self.done = threading.Event()
         self.fatal: str | None = None
         self.last_report = time.monotonic()
+        self.filter: str | None = None  # the capture filter this worker's rings have (acknowledged)
         self.restarts = 0
         self.base: dict = {}  # counters of this slot's earlier (crashed) processes, carried on
 
 
 class Daemon:
-    def __init__(self, settings: Settings, store) -> None:
-        self.settings, self.store = settings, store
+    def __init__(self, settings: Settings, store, reload_settings=None) -> None:
+        """``reload_settings()``: the settings as they are now (file and flags), read again on SIGHUP."""
+        self.settings, self.store, self.reload_settings = settings, store, reload_settings
         self.ctx = multiprocessing.get_context("spawn")
         self.stopping = threading.Event()
         self.collecting = True  # the collector ends when this is False and every report pipe has ended
@@ -277,6 +325,10 @@ class Daemon:
         self.server = None
         self.server_thread = None
         self.collector = None
+        self.api_context = None  # the Flask app's context (its token cache and rate limiter)
+        self.admin = None  # the admin socket (sensor.admin)
+        self.wakeup = threading.Event()  # the main loop's: a signal arrived
+        self.reload_requested = threading.Event()
 
     # -- workers ---------------------------------------------------------------------------------
     def start_worker(self, worker: Worker) -> None:
@@ -295,7 +347,7 @@ class Daemon:
             daemon=False,
         )
         # Blocked signals survive fork and exec: the child cannot be interrupted before it ignores them.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_IGNORES)
         try:
             worker.process.start()
         finally:
@@ -306,6 +358,7 @@ class Daemon:
         with self.readers_changed:
             worker.stop_pipe, worker.reports = stop_ours, reports_ours
         worker.last_report = time.monotonic()
+        worker.filter = self.settings.bpf
 
     def start_workers(self) -> str | None:
         """Start every worker and wait until each captures; the first worker's error text, if any."""
@@ -365,6 +418,14 @@ class Daemon:
             worker.fatal = message[2]
         elif kind == "done":
             worker.done.set()
+        elif kind == "filter":
+            _kind, _index, expression, problem = message
+            if problem:
+                log.error("capture worker %d could not take the new capture filter: %s", index, problem)
+                return
+            worker.filter = expression
+            if all(w.filter == expression for w in self.workers if w.process is not None):
+                log.info("capture filter in every worker now: %s", expression or "none (everything)")
 
     def supervise(self) -> None:
         """Main thread, every second: a worker that died is started again, with backoff."""
@@ -523,9 +584,101 @@ class Daemon:
                 "generation": lambda: self.generation,
             },
         )
+        self.api_context = app.extensions["otsensor"]
         self.server = ApiServer(app, host, port, self.settings.tls_cert, self.settings.tls_key,
                                 threads=self.settings.api_threads)  # fmt: skip
         self.server.prepare()
+
+    def start_admin(self) -> None:
+        """The admin socket beside the DB (sensor.admin): tokens, queries, status and export while capturing."""
+        from api.cli import reachable_url
+
+        from .admin import AdminServer, Holder
+
+        holder = Holder(
+            self.store,
+            role="run",
+            stats=self.snapshot,
+            settings=self.effective_settings,
+            tokens_changed=self.api_context.tokens.invalidate,
+            api_url=reachable_url(self.server.url),
+        )
+        self.admin = AdminServer(self.settings.admin_socket_path, holder)
+        self.admin.start()
+
+    def effective_settings(self) -> dict:
+        """The settings a SIGHUP can change, as in effect now; ``worker_filters``: each worker's acknowledged one."""
+        settings = self.settings
+        return {
+            "bpf": settings.bpf,
+            "flush_interval": settings.flush_interval,
+            "retention_days": settings.retention_days,
+            "rate_limit": settings.rate_limit,
+            "worker_filters": [worker.filter for worker in self.workers],
+        }
+
+    # -- SIGHUP: reload what can change without a restart ------------------------------------------
+    def reload(self) -> None:
+        """Read the settings again and apply those that can change live; log what was applied and what needs a restart."""
+        if self.reload_settings is None:
+            log.info("SIGHUP: no settings file to read again")
+            return
+        try:
+            new = self.reload_settings()
+            new.check()
+        except SettingsError as error:
+            log.error("SIGHUP: %s; nothing was changed", error)
+            return
+        live, restart = changes(self.settings, new)
+        applied = []
+        for name, (old, value) in live.items():
+            try:
+                getattr(self, f"_apply_{name}")(value)
+            except (CaptureUnavailable, ValueError) as error:
+                log.error("SIGHUP: %s stays %r: %s", name, old, error)
+                continue
+            self.settings = replace(self.settings, **{name: value})
+            applied.append(f"{name} {old!r} -> {value!r}")
+        log.info(
+            "SIGHUP: applied %s; need a restart: %s",
+            ", ".join(applied) or "nothing (no live setting changed)",
+            ", ".join(f"{name} {old!r} -> {value!r}" for name, (old, value) in restart.items()) or "nothing",
+        )
+
+    def _apply_bpf(self, expression: str | None) -> None:
+        """Compile for every interface first (a bad filter changes nothing), then send to each worker."""
+        programs = {name: compile_bpf(name, expression) if expression else None for name in self.settings.interfaces}
+        for worker in self.workers:
+            if worker.stop_pipe is not None and worker.process is not None and worker.process.is_alive():
+                try:
+                    worker.stop_pipe.send(("filter", expression, programs))
+                except OSError:  # it has just ended: it restarts with the new settings
+                    pass
+
+    def _apply_flush_interval(self, seconds: float) -> None:
+        if self.scheduler is not None:
+            self.scheduler.reschedule_job("flush", trigger="interval", seconds=seconds)
+
+    def _apply_retention_days(self, days: float) -> None:
+        if self.scheduler is None:
+            return
+        from datetime import UTC, datetime
+
+        job = self.scheduler.get_job("retention")
+        now = datetime.now(UTC)  # the new horizon is applied at once, then every hour as at start
+        if days > 0 and job is None:
+            self.scheduler.add_job(self.retention, id="retention", trigger="interval", seconds=RETENTION_SECONDS,
+                                   max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=now)  # fmt: skip
+        elif days > 0:
+            job.modify(next_run_time=now)
+        elif job is not None:
+            job.remove()
+
+    def _apply_rate_limit(self, limit: int) -> None:
+        from api.auth import RateLimiter
+
+        if self.api_context is not None:
+            self.api_context.limiter = RateLimiter(limit, 60.0) if limit else None
 
     def start_jobs(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -542,11 +695,14 @@ class Daemon:
 
     # -- the whole life ------------------------------------------------------------------------------
     def serve(self) -> int:
-        """Start everything, run until SIGTERM/SIGINT, stop cleanly. The exit status."""
+        """Start everything, run until SIGTERM/SIGINT, stop cleanly; SIGHUP reloads. The exit status."""
         previous = {number: signal.signal(number, self._on_signal) for number in _STOP_SIGNALS}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             return self._serve()
         finally:
+            if self.admin is not None:
+                self.admin.stop()  # the socket file goes with a clean exit
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
@@ -554,13 +710,26 @@ class Daemon:
         if not self.stopping.is_set():
             log.info("%s: draining the capture rings, flushing and stopping", signal.Signals(number).name)
         self.stopping.set()
+        self.wakeup.set()
+
+    def _on_hangup(self, _number, _frame) -> None:
+        self.reload_requested.set()  # the main loop reloads: a signal handler must not take locks
+        self.wakeup.set()
 
     def _serve(self) -> int:
         from api.server import ServeError
 
+        from .admin import AdminError
+
         try:
             self.prepare_api()
         except ServeError as error:
+            print(f"otsensor: {error}", file=sys.stderr)
+            return 2
+        try:
+            self.start_admin()
+        except AdminError as error:
+            self.server.stop()
             print(f"otsensor: {error}", file=sys.stderr)
             return 2
         self.collector = threading.Thread(target=self.collect, name="collector", daemon=True)
@@ -577,13 +746,23 @@ class Daemon:
         self.start_jobs()
         self.server_thread = threading.Thread(target=self._serve_api, name="api", daemon=True)
         self.server_thread.start()
-        names = ", ".join(self.settings.interfaces)
+        from api.cli import curl_line, reachable_url
+
+        names, url = ", ".join(self.settings.interfaces), reachable_url(self.server.url)
         log.info(
-            "capturing on %s with %d workers; API on %s; flushing to %s every %g s",
-            names, len(self.workers), self.server.url, self.store.path, self.settings.flush_interval,
+            "capturing on %s with %d workers; API on %s; flushing to %s every %g s; admin socket %s",
+            names, len(self.workers), url, self.store.path, self.settings.flush_interval, self.admin.path,
         )  # fmt: skip
-        while not self.stopping.wait(1.0):
-            self.supervise()
+        log.info("try: %s (a token: otsensor token create --db %s --name NAME)", curl_line(url, "$TOKEN",
+                 self.settings.tls_cert), self.store.path)  # fmt: skip
+        while not self.stopping.is_set():
+            self.wakeup.wait(1.0)
+            self.wakeup.clear()
+            if self.reload_requested.is_set() and not self.stopping.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            if not self.stopping.is_set():
+                self.supervise()
         return self.shutdown()
 
     def _serve_api(self) -> None:
@@ -628,8 +807,10 @@ def _add_counters(a: dict, b: dict) -> dict:
     return out
 
 
-def run(settings: Settings) -> int:
-    """`otsensor run`: 0 after a clean stop, 2 on unusable settings or input (one line on stderr)."""
+def run(settings: Settings, reload_settings=None) -> int:
+    """`otsensor run`: 0 after a clean stop, 2 on unusable settings or input (one line on stderr).
+
+    ``reload_settings()`` reads the settings again (the file and the same flags) when SIGHUP arrives."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="otsensor: %(message)s", stream=sys.stderr)
     try:
@@ -652,7 +833,7 @@ def run(settings: Settings) -> int:
         print(f"otsensor: {error}", file=sys.stderr)
         return 2
     try:
-        return Daemon(settings, store).serve()
+        return Daemon(settings, store, reload_settings).serve()
     finally:
         store.close()
 
@@ -667,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"otsensor: {error}", file=sys.stderr)
         return 2
-    return run(settings)
+    return run(settings, lambda: load(args.config, overrides_from_args(args)))
 
 
 if __name__ == "__main__":

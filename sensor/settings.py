@@ -42,6 +42,11 @@ class Settings:
     ring_mb: int = 64  # kernel ring per interface and worker, in MiB (1 MiB blocks)
     # the [forwarding] table (alerts to a SIEM), checked and completed by forwarding_settings; None: off
     forwarding: dict | None = None
+    admin_socket: str | None = None  # the admin socket (CONTRACT.md section 7); None: the DB's path + ".sock"
+
+    @property
+    def admin_socket_path(self) -> str:
+        return self.admin_socket or self.db + ".sock"
 
     def check(self) -> None:
         """What `run` needs beyond well-typed values; SettingsError names the setting."""
@@ -79,6 +84,7 @@ _TYPES = {
     "prepare_interfaces": (bool,),
     "ring_mb": (int,),
     "forwarding": (dict,),
+    "admin_socket": (str,),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
                bool: "true or false", dict: "a table"}  # fmt: skip
@@ -97,7 +103,7 @@ def _value(key: str, value, source: str):
         if not all(isinstance(name, str) and name for name in value):
             raise SettingsError(f"{source}: interfaces must be a list of interface names, not {value!r}")
         return tuple(dict.fromkeys(value))  # in order, each once
-    if key in {"bpf", "tls_cert", "tls_key"} and value == "":
+    if key in {"bpf", "tls_cert", "tls_key", "admin_socket"} and value == "":
         return None  # an empty string in TOML means "not set" (TOML has no null)
     if key in {"flush_interval", "retention_days"}:
         return float(value)
@@ -277,6 +283,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send alerts to this syslog collector (udp://, tcp:// or tls://HOST:PORT; the rest in [forwarding])",
     )
     add("--ring-mb", type=_count, metavar="MIB", help=f"kernel ring per interface and worker (default {default.ring_mb})")  # fmt: skip
+    add("--admin-socket", metavar="PATH", help="the admin socket for token, connections, devices, status, export "
+        "(default: the DB's path + .sock)")  # fmt: skip
+
+
+# What SIGHUP can change in a running daemon; every other setting needs a restart.
+RELOADABLE = ("bpf", "flush_interval", "retention_days", "rate_limit")
+
+
+def changes(old: Settings, new: Settings) -> tuple[dict, dict]:
+    """(reloadable, restart-only) settings that differ between ``old`` and ``new``: name -> (old, new)."""
+    differ = {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in fields(Settings)
+              if getattr(old, f.name) != getattr(new, f.name)}  # fmt: skip
+    return ({k: v for k, v in differ.items() if k in RELOADABLE},
+            {k: v for k, v in differ.items() if k not in RELOADABLE})  # fmt: skip
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
