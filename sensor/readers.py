@@ -65,6 +65,15 @@ MAX_CAPLEN = 262144
 # libpcap sf-pcapng.c MAX_BLOCKSIZE: a longer pcapng block is corrupt (also bounds gzip read-ahead).
 MAX_PCAPNG_BLOCK = 16 * 1024 * 1024
 _STREAM_CHUNK = 1 << 20  # gzip read granularity
+# A batch ends once its frames span this many bytes of the capture (or at batch_size frames, or at a
+# link-type change), whichever comes first: what the reader holds at once (a gzip window, the pages of
+# a mapped file) is then bounded by this, the longest block (MAX_PCAPNG_BLOCK) and the frame count,
+# whatever the file.  64 MiB keeps replay's 2**18-frame batches whole for frames up to 256 bytes on
+# average and puts ~300 MB on peak RSS for a file of 256 KiB frames (README "Bad input").
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+# NetMon's frame table sits at the end of the file: a gzip'd NetMon capture is read whole into memory,
+# up to this much (its offsets are 32-bit, so the format itself reaches 4 GiB); more is a problem.
+MAX_NETMON_GZIP = 256 * 1024 * 1024
 
 # --- Layouts, declared once ------------------------------------------------------------------------
 _U16 = {"<": struct.Struct("<H"), ">": struct.Struct(">H")}
@@ -250,8 +259,8 @@ class _MappedWindow:
     def extend(self, keep_from: int, need_end: int) -> bool:
         return False
 
-    def read_all(self) -> None:
-        pass
+    def read_all(self, limit: int) -> bool:
+        return True
 
     def progress(self, pos: int) -> int:
         return pos
@@ -289,9 +298,10 @@ class _StreamWindow:
         """Drop bytes before stream offset keep_from and read until need_end; False if nothing came."""
         if self.eof:
             return False
-        tail = self.buf[keep_from - self.start :]
-        # Read at least as much as we keep, so re-copying the kept tail stays linear overall.
-        want = max(_STREAM_CHUNK, len(tail), need_end - keep_from - len(tail))
+        keep = keep_from - self.start
+        # Read a quarter of what we keep at least, so re-copying the kept tail stays linear overall
+        # while the window stays within 1.25 times what the pending batch and the next block need.
+        want = max(_STREAM_CHUNK, (len(self.buf) - keep) // 4, need_end - self.start - len(self.buf))
         try:
             chunk = self._stream.read(want)
         except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
@@ -299,13 +309,28 @@ class _StreamWindow:
             self.problem = f"compressed stream unreadable after byte {self.start + len(self.buf)}: {exc}"
         if len(chunk) < want:
             self.eof = True
-        self.buf = tail + chunk
+        with memoryview(self.buf) as view:  # one copy: the kept tail and the new bytes, joined
+            self.buf = b"".join((view[keep:], chunk))
         self.start = keep_from
         return bool(chunk)
 
-    def read_all(self) -> None:
-        while not self.eof:
-            self.extend(self.start, self.start + 2 * len(self.buf) + _STREAM_CHUNK)
+    def read_all(self, limit: int) -> bool:
+        """Read the rest of the stream into the window, at most ``limit`` bytes; False if there was more.
+
+        One bytearray grown in place (no window is handed out while it grows, and none slides later)."""
+        whole = bytearray(self.buf)
+        self.buf = b""
+        while not self.eof and len(whole) <= limit:
+            try:
+                chunk = self._stream.read(_STREAM_CHUNK)
+            except (OSError, EOFError, zlib.error) as exc:
+                chunk = b""
+                self.problem = f"compressed stream unreadable after byte {self.start + len(whole)}: {exc}"
+            if len(chunk) < _STREAM_CHUNK:
+                self.eof = True
+            whole += chunk
+        self.buf = whole
+        return len(whole) <= limit
 
     def release(self, before: int) -> None:
         pass  # the stream window keeps only what the current batch needs
@@ -331,8 +356,9 @@ class _BatchBuilder:
     gzip window may slide underneath as long as it keeps the pending frames (see ``first_offset``).
     """
 
-    def __init__(self, batch_size: int, window) -> None:
+    def __init__(self, batch_size: int, max_bytes: int, window) -> None:
         self.batch_size = batch_size
+        self.max_bytes = max_bytes
         self.window = window
         self.linktype = -1
         self.count = 0
@@ -351,21 +377,33 @@ class _BatchBuilder:
         self.linktype = linktype
         self._seal()
         while len(offsets):
-            take = min(len(offsets), self.batch_size - self.count)
             if self.first_offset is None:
                 self.first_offset = int(offsets[0])
-            self._pieces.append((offsets[:take], caplens[:take], wirelens[:take], ts_ns[:take]))
-            self.count += take
-            offsets, caplens, wirelens = offsets[take:], caplens[take:], wirelens[take:]
-            ts_ns = ts_ns[take:]
-            if self.count == self.batch_size:
+            take = min(len(offsets), self.batch_size - self.count)
+            # Frames are in stream order, so their ends ascend: those ending within max_bytes of the
+            # first pending frame's start fit; a longer frame alone is a batch of its own.
+            ends = offsets[:take] + caplens[:take]
+            take = int(np.searchsorted(ends, self.first_offset + self.max_bytes, side="right"))
+            if not take and not self.count:
+                take = 1
+            if take:
+                self._pieces.append((offsets[:take], caplens[:take], wirelens[:take], ts_ns[:take]))
+                self.count += take
+                offsets, caplens, wirelens = offsets[take:], caplens[take:], wirelens[take:]
+                ts_ns = ts_ns[take:]
+            if len(offsets) or self.count == self.batch_size:  # a bound was reached
                 done.append(self.cut())
         return done
+
+    def over(self, end: int) -> bool:
+        """True if keeping the pending frames while the window reaches stream offset ``end`` would
+        hold more than max_bytes (cut the batch first, so the window may slide past them)."""
+        return self.count > 0 and end - self.first_offset > self.max_bytes
 
     def add_one(self, linktype: int, offset: int, caplen: int, wirelen: int, ts_ns: int):
         """Append a single frame (the slow paths: SPB, obsolete PB, NetMon); returns a batch or None."""
         done = None
-        if self.count and linktype != self.linktype:
+        if self.count and (linktype != self.linktype or self.over(offset + caplen)):
             done = self.cut()
         self.linktype = linktype
         if self.first_offset is None:
@@ -433,11 +471,16 @@ def _read_head(path: Path) -> tuple[bytes, bool]:
 class CaptureReader:
     """Reads one capture file into FrameBatches; see the module docstring for the rules."""
 
-    def __init__(self, path: str | os.PathLike, batch_size: int = 65536) -> None:
+    def __init__(
+        self, path: str | os.PathLike, batch_size: int = 65536, max_batch_bytes: int = MAX_BATCH_BYTES
+    ) -> None:
         if batch_size < 2:
             raise ValueError("batch_size must be at least 2")
+        if max_batch_bytes < 1:
+            raise ValueError("max_batch_bytes must be positive")
         self.path = Path(path)
         self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
         self.problems: list[str] = []
         self.bytes_read = 0
         try:
@@ -488,7 +531,7 @@ class CaptureReader:
             self.problems.append(f"cannot open: {exc.strerror or exc}")
             return
         window = self._window
-        builder = _BatchBuilder(self.batch_size, window)
+        builder = _BatchBuilder(self.batch_size, self.max_batch_bytes, window)
         self._stamps = _Stamps("block" if self.format == "pcapng" else "record")
         frames = {"pcap": self._pcap_frames, "pcapng": self._pcapng_frames, "netmon": self._netmon_frames}
         try:
@@ -684,6 +727,9 @@ class CaptureReader:
                 self.problems.append(f"corrupt block {block + 1} at byte {pos}: {why}; stopped reading")
                 break
             if b + blen > nbuf:
+                if builder.over(pos + blen):  # e.g. long blocks without frames after a frame
+                    yield builder.cut()
+                    continue
                 if self._need_more(window, builder, pos, pos + blen):
                     continue
                 self.problems.append(
@@ -874,7 +920,12 @@ class CaptureReader:
 
     def _netmon_frames(self, window, builder) -> Iterator[FrameBatch]:
         # The frame table sits at the end of the file: read a gzip stream whole (NetMon files < 4 GiB).
-        window.read_all()
+        if not window.read_all(MAX_NETMON_GZIP):
+            self.problems.append(
+                f"compressed NetMon capture longer than {MAX_NETMON_GZIP >> 20} MiB uncompressed (its frame table"
+                " is at the end, so it is read whole): decompress it to read it"
+            )
+            return
         buf = window.buf
         nbuf = len(buf)
         if nbuf < 4 + _NETMON_HDR.size:

@@ -421,3 +421,22 @@ def test_iter_capture_files_picks_by_magic(tmp_path):
         tmp_path / "SOURCES.md",
         *found,
     ]
+
+
+@pytest.mark.parametrize("path", [MODBUS_PCAP, PCAPNG, NETMON], ids=["pcap", "pcapng", "netmon"])
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip"])
+def test_batches_bounded_in_bytes_hold_the_same_frames(tmp_path, path, packed):
+    if packed:
+        path = shutil.copyfile(path, tmp_path / "capture")
+        with open(path, "rb") as src:
+            data = src.read()
+        path.write_bytes(gzip.compress(data, mtime=0))
+    _r, whole, ts, wire, cap, frames = read_all(path)
+    reader = CaptureReader(path, batch_size=65536, max_batch_bytes=1000)
+    small = list(reader.batches())
+    assert reader.problems == [] and len(small) > len(whole)
+    for b in small:  # each batch's frames span at most 1000 bytes of the capture, or it is one frame
+        span = int((b.offsets + b.caplens).max() - b.offsets.min())
+        assert span <= 1000 or len(b.offsets) == 1
+    got = [bytes(b.data[o : o + c]) for b in small for o, c in zip(b.offsets.tolist(), b.caplens.tolist())]
+    assert got == frames and (np.concatenate([b.ts_ns for b in small]) == ts).all()
