@@ -69,7 +69,7 @@ _STREAM_CHUNK = 1 << 20  # gzip read granularity
 # link-type change), whichever comes first: what the reader holds at once (a gzip window, the pages of
 # a mapped file) is then bounded by this, the longest block (MAX_PCAPNG_BLOCK) and the frame count,
 # whatever the file.  64 MiB keeps replay's 2**18-frame batches whole for frames up to 256 bytes on
-# average and puts ~300 MB on peak RSS for a file of 256 KiB frames (README "Bad input").
+# average and puts peak RSS at ~350 MB for a gzip file of 256 KiB frames (README "Bad input").
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 # NetMon's frame table sits at the end of the file: a gzip'd NetMon capture is read whole into memory,
 # up to this much (its offsets are 32-bit, so the format itself reaches 4 GiB); more is a problem.
