@@ -152,8 +152,9 @@ def _gzip_member(data: bytes) -> bytes:
 def _huge_gzip_files(tmp_path, frames: int) -> list:
     """Gzip'd captures whose uncompressed size grows with ``frames`` while the file stays a few MB."""
     pcap_record = _gzip_member(struct.pack("<IIII", 1, 0, len(BIG_FRAME), len(BIG_FRAME)) + BIG_FRAME)
-    pcap_head = _gzip_member(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
-    ng_head = _gzip_member(shb("<") + idb("<", 1))
+    # Snaplens claiming 4 GiB, as hostile files may: nothing is sized by them.
+    pcap_head = _gzip_member(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 2**32 - 1, 1))
+    ng_head = _gzip_member(shb("<") + idb("<", 1, 2**32 - 1))
     ng_record = _gzip_member(epb("<", 0, 1_000_000, BIG_FRAME))
     # Blocks as long as pcapng allows (16 MiB) that hold a short frame and padding, or nothing at all.
     long_epb = bytearray(epb("<", 0, 1_000_000, ETH_FRAME + bytes(16 * 2**20 - 32 - len(ETH_FRAME))))
