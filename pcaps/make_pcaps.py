@@ -39,6 +39,7 @@ EPOCH_NS = 1_767_600_000 * 10**9  # 2026-01-05T08:00:00Z
 # Link types (https://www.tcpdump.org/linktypes.html)
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW = 0, 1, 101
 LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2 = 113, 276
+LINKTYPE_NFLOG = 239
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +203,36 @@ def linux_sll2(capturing: Host, ifindex: int = 2):
         addr = bytes.fromhex(src.mac.replace(":", "")) + b"\0\0"
         hdr = struct.pack(">HHIHBB8s", _ethertype(pkt), 0, ifindex, 1, pkttype, 6, addr)
         return [hdr + bytes(pkt)]
+
+    return link
+
+
+def nflog(capturing: Host, group: int = 5, ifindex: int = 2):
+    """LINKTYPE_NFLOG as `tcpdump -i nflog:5` writes it on `capturing` (an iptables NFLOG rule with
+    prefix "otsensor", group 5): family, version 0, big-endian group, then TLVs in the host's byte
+    order (little-endian here), each padded to 4 bytes, in the kernel's order (nfnetlink_log.c
+    __build_packet_message).  Incoming packets carry the sender's MAC (NFULA_HWADDR) and the link
+    header; outgoing ones the socket's uid/gid."""
+
+    def tlv(kind: int, value: bytes) -> bytes:
+        return struct.pack("<HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+    def link(src: Host, dst: Host, pkt: Packet) -> list[bytes]:
+        outgoing = src is capturing
+        family = 10 if isinstance(pkt, IPv6) else 2
+        hook = 3 if outgoing else 1  # NF_INET_LOCAL_OUT / NF_INET_LOCAL_IN
+        tlvs = [tlv(1, struct.pack(">HBB", _ethertype(pkt), hook, 0)), tlv(10, b"otsensor\0")]
+        tlvs.append(tlv(5 if outgoing else 4, struct.pack(">I", ifindex)))
+        if outgoing:
+            tlvs += [tlv(11, struct.pack(">I", 1000)), tlv(14, struct.pack(">I", 1000))]
+        else:
+            src_mac, dst_mac = (bytes.fromhex(h.mac.replace(":", "")) for h in (src, dst))
+            tlvs.append(tlv(8, struct.pack(">HH", 6, 0) + src_mac + b"\0\0"))
+            tlvs.append(tlv(15, struct.pack(">H", 1)))  # NFULA_HWTYPE: ARPHRD_ETHER
+            tlvs.append(tlv(16, dst_mac + src_mac + struct.pack(">H", _ethertype(pkt))))  # NFULA_HWHEADER
+            tlvs.append(tlv(17, struct.pack(">H", 14)))  # NFULA_HWLEN
+        tlvs.append(tlv(9, bytes(pkt)))  # NFULA_PAYLOAD: the IP packet
+        return [struct.pack(">BBH", family, 0, group) + b"".join(tlvs)]
 
     return link
 
@@ -1452,6 +1483,7 @@ def build_linktypes() -> None:
     write("linktype_sll2.pcap", linktype_exchange(linux_sll2(LT_CLIENT)).pcap(LINKTYPE_LINUX_SLL2))
     write("linktype_null.pcap", linktype_exchange(bsd_null).pcap(LINKTYPE_NULL))
     write("linktype_raw.pcap", linktype_exchange(raw_ip).pcap(LINKTYPE_RAW))
+    write("linktype_nflog.pcap", linktype_exchange(nflog(LT_CLIENT)).pcap(LINKTYPE_NFLOG))
     write("nanosecond.pcap", linktype_exchange(ethernet).pcap(nano=True))
     write("big_endian.pcap", linktype_exchange(ethernet).pcap(big_endian=True))
     write("gzip_modbus.pcap.gz", gzip_bytes(linktype_exchange(ethernet).pcap()))

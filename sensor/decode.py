@@ -19,6 +19,7 @@ LINKTYPE_LOOP = 108
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
+LINKTYPE_NFLOG = 239
 LINKTYPE_LINUX_SLL2 = 276
 
 ETH_IPV4, ETH_IPV6, ETH_VLAN, ETH_QINQ, ETH_QINQ_OLD = 0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100
@@ -29,6 +30,11 @@ IPV6_EXTENSIONS = {0, 43, 60, 51, 135, 139, 140}  # hop-by-hop, routing, dest op
 IPV6_FRAGMENT, IPV6_NO_NEXT = 44, 59
 # BSD loopback address families: AF_INET is 2 everywhere; AF_INET6 is 24, 28 or 30 by OS.
 AF_INET, AF_INET6 = 2, frozenset({10, 24, 28, 30})
+# NFLOG (tcpdump.org/linktypes/LINKTYPE_NFLOG.html, Wireshark packet-nflog.c): Linux address families
+# and the nfulnl_attr_type TLVs we read; the type's top bit is netlink's NLA_F_NESTED flag.
+LINUX_AF_INET, LINUX_AF_INET6 = 2, 10
+NFULA_HWADDR, NFULA_PAYLOAD = 8, 9
+NFLOG_TLV = {"<": struct.Struct("<HH"), ">": struct.Struct(">HH")}  # length (header included), type
 
 U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
@@ -59,6 +65,24 @@ class DecodeError(ValueError):
     def __init__(self, layer: str, message: str):
         super().__init__(message)
         self.layer = layer
+
+
+def _nflog_byte_order(frame: memoryview) -> str:
+    """The TLVs' byte order (the capturing host's, which the file does not record), guessed as
+    Wireshark does (nflog_tvb_byte_order): the first order in which a TLV before any type >= 0x100
+    has a non-zero type; big-endian when neither."""
+    for order in (">", "<"):
+        tlv = NFLOG_TLV[order].unpack_from
+        pos = 4
+        while len(frame) - pos > 4:
+            length, kind = tlv(frame, pos)
+            kind &= 0x7FFF
+            if length < 4 or kind >= 0x100:
+                break
+            if kind:
+                return order
+            pos += (length + 3) & ~3
+    return ">"
 
 
 class Decoder:
@@ -104,7 +128,33 @@ class Decoder:
             return None
         if linktype in (LINKTYPE_RAW, LINKTYPE_RAW_OLD, LINKTYPE_RAW_OLD2, LINKTYPE_IPV4, LINKTYPE_IPV6):
             return self._ip_by_version(frame, 0, mac)
+        if linktype == LINKTYPE_NFLOG:
+            return self._nflog(frame)
         raise DecodeError("link", f"unsupported link type {linktype}")
+
+    def _nflog(self, frame: memoryview) -> Packet | None:
+        """Family, version, resource id (4 bytes), then TLVs, each padded to 4 bytes; the last
+        NFULA_PAYLOAD is the IP packet, NFULA_HWADDR the sender's MAC (incoming packets only)."""
+        if len(frame) < 4:
+            raise DecodeError("nflog", f"frame of {len(frame)} bytes")
+        tlv = NFLOG_TLV[_nflog_byte_order(frame)].unpack_from
+        pos, payload, mac = 4, None, None
+        while len(frame) - pos >= 4:
+            length, kind = tlv(frame, pos)
+            if length < 4:  # Wireshark stops here and dissects no payload
+                raise DecodeError("nflog", f"TLV length {length} at byte {pos}")
+            kind &= 0x7FFF
+            if kind == NFULA_PAYLOAD:
+                payload = frame[pos + 4 : pos + length]
+            elif kind == NFULA_HWADDR and length >= 14 and U16.unpack_from(frame, pos + 4)[0] == 6:
+                mac = bytes(frame[pos + 8 : pos + 14])  # struct nfulnl_msg_packet_hw: be16 length, pad, addr
+            pos += (length + 3) & ~3
+        if payload is not None and frame[0] == LINUX_AF_INET:
+            return self._ipv4(payload, 0, mac)
+        if payload is not None and frame[0] == LINUX_AF_INET6:
+            return self._ipv6(payload, 0, mac)
+        self.non_ip += 1  # no packet copied (NFULNL_COPY_NONE), or a family without IP (bridge, ARP)
+        return None
 
     def _ip_by_version(self, frame: memoryview, pos: int, mac: bytes | None) -> Packet | None:
         if len(frame) <= pos:

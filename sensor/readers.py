@@ -65,6 +65,15 @@ MAX_CAPLEN = 262144
 # libpcap sf-pcapng.c MAX_BLOCKSIZE: a longer pcapng block is corrupt (also bounds gzip read-ahead).
 MAX_PCAPNG_BLOCK = 16 * 1024 * 1024
 _STREAM_CHUNK = 1 << 20  # gzip read granularity
+# A batch ends once its frames span this many bytes of the capture (or at batch_size frames, or at a
+# link-type change), whichever comes first: what the reader holds at once (a gzip window, the pages of
+# a mapped file) is then bounded by this, the longest block (MAX_PCAPNG_BLOCK) and the frame count,
+# whatever the file.  64 MiB keeps replay's 2**18-frame batches whole for frames up to 256 bytes on
+# average and puts peak RSS at ~350 MB for a gzip file of 256 KiB frames (README "Bad input").
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+# NetMon's frame table sits at the end of the file: a gzip'd NetMon capture is read whole into memory,
+# up to this much (its offsets are 32-bit, so the format itself reaches 4 GiB); more is a problem.
+MAX_NETMON_GZIP = 256 * 1024 * 1024
 
 # --- Layouts, declared once ------------------------------------------------------------------------
 _U16 = {"<": struct.Struct("<H"), ">": struct.Struct(">H")}
@@ -156,24 +165,75 @@ def _first_true(mask: np.ndarray) -> int:
     return int(mask.argmax()) if mask.any() else len(mask)
 
 
-def _ticks_to_ns(ticks: np.ndarray, units_per_s: int, offset_s: int) -> np.ndarray:
-    """pcapng timestamps (uint64 ticks of 1/units_per_s s, pcapng draft §4.2 if_tsresol) -> int64 ns.
+# Epoch nanoseconds are int64 from here on (numpy, the flow table, DuckDB BIGINT), so a stamp must lie
+# within [STAMP_MIN_NS, STAMP_MAX_NS] (1677-09-21 .. 2262-04-11 UTC): whole seconds in [-_SEC_LIMIT,
+# _SEC_LIMIT) plus their fraction always fit.  A file may state any 64-bit time (pcapng ticks and
+# if_tsoffset, NetMon's SYSTEMTIME and FILETIME): one outside is clamped to the nearest end and counted
+# under ``problems`` with the first such record's number and byte offset (see ``_Stamps``).
+_SEC_LIMIT = 2**63 // 10**9
+STAMP_MIN_NS = -_SEC_LIMIT * 10**9
+STAMP_MAX_NS = _SEC_LIMIT * 10**9 - 1
+_U64_MAX = (1 << 64) - 1
 
-    Sub-nanosecond units are floored as Wireshark does (wiretap/pcapng.c).
+
+def _ticks_to_ns(ticks: np.ndarray, units_per_s: int, offset_s: int) -> tuple[np.ndarray, np.ndarray]:
+    """pcapng timestamps (uint64 ticks of 1/units_per_s s, pcapng draft §4.2 if_tsresol, plus
+    if_tsoffset seconds) -> (int64 ns clamped to the stamp range, mask of the stamps clamped).
+
+    Exact for every uint64 tick count and int64 offset: whole seconds and the fraction are split in
+    uint64 before anything is scaled.  Sub-nanosecond units are floored as Wireshark does (wiretap/pcapng.c).
     """
+    u = np.uint64(units_per_s)
+    secs, frac = ticks // u, ticks % u
     if 10**9 % units_per_s == 0:
-        ns = ticks.astype(np.int64) * (10**9 // units_per_s)
+        frac_ns = frac.astype(np.int64) * (10**9 // units_per_s)
     elif units_per_s % 10**9 == 0:
-        ns = (ticks // np.uint64(units_per_s // 10**9)).astype(np.int64)
+        frac_ns = (frac // np.uint64(units_per_s // 10**9)).astype(np.int64)
     elif units_per_s <= 1 << 34:  # frac * 1e9 still fits in uint64
-        u = np.uint64(units_per_s)
-        secs, frac = ticks // u, ticks % u
-        ns = secs.astype(np.int64) * 10**9 + ((frac * np.uint64(10**9)) // u).astype(np.int64)
+        frac_ns = ((frac * np.uint64(10**9)) // u).astype(np.int64)
     else:  # e.g. 2^-40 s units: exotic, do it with Python integers
-        ns = np.array([int(t) * 10**9 // units_per_s for t in ticks.tolist()], dtype=np.int64)
-    if offset_s:
-        ns += offset_s * 10**9
-    return ns
+        frac_ns = np.array([f * 10**9 // units_per_s for f in frac.tolist()], dtype=np.int64)
+    # secs + offset_s must lie in [-_SEC_LIMIT, _SEC_LIMIT): bounds on secs, as Python integers first.
+    low = min(max(-_SEC_LIMIT - offset_s, 0), _U64_MAX)
+    high = _SEC_LIMIT - 1 - offset_s  # secs <= high
+    too_low = secs < np.uint64(low)
+    too_high = secs > np.uint64(min(high, _U64_MAX)) if high >= 0 else np.ones(len(secs), dtype=bool)
+    # In range, the uint64 sum wraps to the right int64 (two's complement).
+    total_s = (secs + np.uint64(offset_s & _U64_MAX)).view(np.int64)
+    ns = total_s * 10**9 + frac_ns
+    outside = too_low | too_high
+    if outside.any():
+        ns[too_low] = STAMP_MIN_NS
+        ns[too_high] = STAMP_MAX_NS
+    return ns, outside
+
+
+def _clamp_ns(ns: int) -> int:
+    """A stamp computed with Python integers, clamped to the stamp range."""
+    return STAMP_MIN_NS if ns < STAMP_MIN_NS else STAMP_MAX_NS if ns > STAMP_MAX_NS else ns
+
+
+class _Stamps:
+    """Counts the stamps of one file that were clamped, and where the first one was."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit  # "record" or "block", as the format's other problems name them
+        self.count = 0
+        self.first: tuple[int, int] | None = None  # (record number, byte offset)
+
+    def clamped(self, n: int, number: int, at: int) -> None:
+        if self.first is None:
+            self.first = (number, at)
+        self.count += n
+
+    def problem(self) -> str | None:
+        if not self.count:
+            return None
+        number, at = self.first
+        return (
+            f"{self.count} {self.unit}(s) with timestamps outside 1677-09-21..2262-04-11 UTC, clamped to the"
+            f" nearest end (first: {self.unit} {number} at byte {at})"
+        )
 
 
 # --- Where the bytes come from ------------------------------------------------------------------------
@@ -199,8 +259,8 @@ class _MappedWindow:
     def extend(self, keep_from: int, need_end: int) -> bool:
         return False
 
-    def read_all(self) -> None:
-        pass
+    def read_all(self, limit: int) -> bool:
+        return True
 
     def progress(self, pos: int) -> int:
         return pos
@@ -238,9 +298,10 @@ class _StreamWindow:
         """Drop bytes before stream offset keep_from and read until need_end; False if nothing came."""
         if self.eof:
             return False
-        tail = self.buf[keep_from - self.start :]
-        # Read at least as much as we keep, so re-copying the kept tail stays linear overall.
-        want = max(_STREAM_CHUNK, len(tail), need_end - keep_from - len(tail))
+        keep = keep_from - self.start
+        # Read a quarter of what we keep at least, so re-copying the kept tail stays linear overall
+        # while the window stays within 1.25 times what the pending batch and the next block need.
+        want = max(_STREAM_CHUNK, (len(self.buf) - keep) // 4, need_end - self.start - len(self.buf))
         try:
             chunk = self._stream.read(want)
         except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
@@ -248,13 +309,28 @@ class _StreamWindow:
             self.problem = f"compressed stream unreadable after byte {self.start + len(self.buf)}: {exc}"
         if len(chunk) < want:
             self.eof = True
-        self.buf = tail + chunk
+        with memoryview(self.buf) as view:  # one copy: the kept tail and the new bytes, joined
+            self.buf = b"".join((view[keep:], chunk))
         self.start = keep_from
         return bool(chunk)
 
-    def read_all(self) -> None:
-        while not self.eof:
-            self.extend(self.start, self.start + 2 * len(self.buf) + _STREAM_CHUNK)
+    def read_all(self, limit: int) -> bool:
+        """Read the rest of the stream into the window, at most ``limit`` bytes; False if there was more.
+
+        One bytearray grown in place (no window is handed out while it grows, and none slides later)."""
+        whole = bytearray(self.buf)
+        self.buf = b""
+        while not self.eof and len(whole) <= limit:
+            try:
+                chunk = self._stream.read(_STREAM_CHUNK)
+            except (OSError, EOFError, zlib.error) as exc:
+                chunk = b""
+                self.problem = f"compressed stream unreadable after byte {self.start + len(whole)}: {exc}"
+            if len(chunk) < _STREAM_CHUNK:
+                self.eof = True
+            whole += chunk
+        self.buf = whole
+        return len(whole) <= limit
 
     def release(self, before: int) -> None:
         pass  # the stream window keeps only what the current batch needs
@@ -280,8 +356,9 @@ class _BatchBuilder:
     gzip window may slide underneath as long as it keeps the pending frames (see ``first_offset``).
     """
 
-    def __init__(self, batch_size: int, window) -> None:
+    def __init__(self, batch_size: int, max_bytes: int, window) -> None:
         self.batch_size = batch_size
+        self.max_bytes = max_bytes
         self.window = window
         self.linktype = -1
         self.count = 0
@@ -300,21 +377,33 @@ class _BatchBuilder:
         self.linktype = linktype
         self._seal()
         while len(offsets):
-            take = min(len(offsets), self.batch_size - self.count)
             if self.first_offset is None:
                 self.first_offset = int(offsets[0])
-            self._pieces.append((offsets[:take], caplens[:take], wirelens[:take], ts_ns[:take]))
-            self.count += take
-            offsets, caplens, wirelens = offsets[take:], caplens[take:], wirelens[take:]
-            ts_ns = ts_ns[take:]
-            if self.count == self.batch_size:
+            take = min(len(offsets), self.batch_size - self.count)
+            # Frames are in stream order, so their ends ascend: those ending within max_bytes of the
+            # first pending frame's start fit; a longer frame alone is a batch of its own.
+            ends = offsets[:take] + caplens[:take]
+            take = int(np.searchsorted(ends, self.first_offset + self.max_bytes, side="right"))
+            if not take and not self.count:
+                take = 1
+            if take:
+                self._pieces.append((offsets[:take], caplens[:take], wirelens[:take], ts_ns[:take]))
+                self.count += take
+                offsets, caplens, wirelens = offsets[take:], caplens[take:], wirelens[take:]
+                ts_ns = ts_ns[take:]
+            if len(offsets) or self.count == self.batch_size:  # a bound was reached
                 done.append(self.cut())
         return done
+
+    def over(self, end: int) -> bool:
+        """True if keeping the pending frames while the window reaches stream offset ``end`` would
+        hold more than max_bytes (cut the batch first, so the window may slide past them)."""
+        return self.count > 0 and end - self.first_offset > self.max_bytes
 
     def add_one(self, linktype: int, offset: int, caplen: int, wirelen: int, ts_ns: int):
         """Append a single frame (the slow paths: SPB, obsolete PB, NetMon); returns a batch or None."""
         done = None
-        if self.count and linktype != self.linktype:
+        if self.count and (linktype != self.linktype or self.over(offset + caplen)):
             done = self.cut()
         self.linktype = linktype
         if self.first_offset is None:
@@ -382,11 +471,16 @@ def _read_head(path: Path) -> tuple[bytes, bool]:
 class CaptureReader:
     """Reads one capture file into FrameBatches; see the module docstring for the rules."""
 
-    def __init__(self, path: str | os.PathLike, batch_size: int = 65536) -> None:
+    def __init__(
+        self, path: str | os.PathLike, batch_size: int = 65536, max_batch_bytes: int = MAX_BATCH_BYTES
+    ) -> None:
         if batch_size < 2:
             raise ValueError("batch_size must be at least 2")
+        if max_batch_bytes < 1:
+            raise ValueError("max_batch_bytes must be positive")
         self.path = Path(path)
         self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
         self.problems: list[str] = []
         self.bytes_read = 0
         try:
@@ -437,7 +531,8 @@ class CaptureReader:
             self.problems.append(f"cannot open: {exc.strerror or exc}")
             return
         window = self._window
-        builder = _BatchBuilder(self.batch_size, window)
+        builder = _BatchBuilder(self.batch_size, self.max_batch_bytes, window)
+        self._stamps = _Stamps("block" if self.format == "pcapng" else "record")
         frames = {"pcap": self._pcap_frames, "pcapng": self._pcapng_frames, "netmon": self._netmon_frames}
         try:
             for batch in frames[self.format](window, builder):
@@ -451,6 +546,8 @@ class CaptureReader:
         finally:
             if window.problem:
                 self.problems.append(window.problem)
+            if self._stamps.problem():
+                self.problems.append(self._stamps.problem())
             self.bytes_read = self.size
             self.close()  # batches already handed out keep their own view of the data
 
@@ -579,7 +676,7 @@ class CaptureReader:
             except struct.error:
                 pass
             if starts:
-                ok, batches, last, end = self._epb_run(window, builder, starts, order, interfaces)
+                ok, batches, last, end = self._epb_run(window, builder, starts, order, interfaces, block)
                 yield from batches
                 block += ok
                 if ok:
@@ -630,6 +727,9 @@ class CaptureReader:
                 self.problems.append(f"corrupt block {block + 1} at byte {pos}: {why}; stopped reading")
                 break
             if b + blen > nbuf:
+                if builder.over(pos + blen):  # e.g. long blocks without frames after a frame
+                    yield builder.cut()
+                    continue
                 if self._need_more(window, builder, pos, pos + blen):
                     continue
                 self.problems.append(
@@ -657,7 +757,7 @@ class CaptureReader:
             elif btype == _PCAPNG_IDB:
                 interfaces.append(self._parse_idb(buf, b, blen, order, block, pos))
             elif btype in (_PCAPNG_SPB, _PCAPNG_PB):
-                frame = self._packet_block(buf, b, blen, btype, order, interfaces, last_ts)
+                frame = self._packet_block(buf, b, blen, btype, order, interfaces, last_ts, block, pos)
                 if isinstance(frame, str):
                     self.problems.append(f"corrupt block {block} at byte {pos}: {frame}; stopped reading")
                     break
@@ -673,7 +773,7 @@ class CaptureReader:
         for btype, n in sorted(unknown.items()):
             self.problems.append(f"skipped {n} block(s) of unknown type 0x{btype:08x}")
 
-    def _epb_run(self, window, builder, starts, order, interfaces):
+    def _epb_run(self, window, builder, starts, order, interfaces, block):
         """Validate and emit a run of EPBs -> (blocks accepted, batches, last timestamp, end offset)."""
         buf = window.buf
         nbuf = len(buf)
@@ -700,12 +800,15 @@ class CaptureReader:
         same = len(interfaces) == 1 or bool((ids == first).all())
         if same:
             linktype, _snaplen, units, offset_s = interfaces[first]
-            ts_ns = _ticks_to_ns(ticks, units, offset_s)
+            ts_ns, outside = _ticks_to_ns(ticks, units, offset_s)
         else:
-            ts_ns = np.empty(ok, dtype=np.int64)
+            ts_ns, outside = np.empty(ok, dtype=np.int64), np.empty(ok, dtype=bool)
             for i in np.unique(ids).tolist():
                 mask = ids == i
-                ts_ns[mask] = _ticks_to_ns(ticks[mask], interfaces[i][2], interfaces[i][3])
+                ts_ns[mask], outside[mask] = _ticks_to_ns(ticks[mask], interfaces[i][2], interfaces[i][3])
+        if outside.any():
+            i = int(outside.argmax())
+            self._stamps.clamped(int(outside.sum()), block + 1 + i, window.start + int(rel[i]))
         offsets = rel[:ok] + (window.start + _EPB_FIXED)
         wirelens = fields[:ok, 6].astype(np.int64)
         caps = caplens[:ok]
@@ -785,7 +888,7 @@ class CaptureReader:
             opt += 4 + ((olen + 3) & ~3)
         return linktype, snaplen, units, offset_s
 
-    def _packet_block(self, buf, b, blen, btype, order, interfaces, last_ts):
+    def _packet_block(self, buf, b, blen, btype, order, interfaces, last_ts, block, pos):
         """SPB (§4.4) or obsolete PB (appendix A) -> (linktype, data offset, caplen, wirelen, ts) or why not."""
         if btype == _PCAPNG_SPB:
             # An SPB belongs to interface 0 and is cut to its snaplen; it has no timestamp.
@@ -807,14 +910,22 @@ class CaptureReader:
         if caplen > blen - _EPB_MIN or caplen > MAX_CAPLEN:
             return f"captured length {caplen} does not fit in block length {blen}"
         linktype, _snaplen, units, offset_s = interfaces[iface]
-        ts = int(_ticks_to_ns(np.array([(hi << 32) | lo], dtype=np.uint64), units, offset_s)[0])
+        ts, outside = _ticks_to_ns(np.array([(hi << 32) | lo], dtype=np.uint64), units, offset_s)
+        if outside[0]:
+            self._stamps.clamped(1, block, pos)
+        ts = int(ts[0])
         return linktype, b + _EPB_FIXED, caplen, wirelen, ts
 
     # --- Microsoft Network Monitor (Wireshark wiretap/netmon.c) -----------------------------------------
 
     def _netmon_frames(self, window, builder) -> Iterator[FrameBatch]:
         # The frame table sits at the end of the file: read a gzip stream whole (NetMon files < 4 GiB).
-        window.read_all()
+        if not window.read_all(MAX_NETMON_GZIP):
+            self.problems.append(
+                f"compressed NetMon capture longer than {MAX_NETMON_GZIP >> 20} MiB uncompressed (its frame table"
+                " is at the end, so it is read whole): decompress it to read it"
+            )
+            return
         buf = window.buf
         nbuf = len(buf)
         if nbuf < 4 + _NETMON_HDR.size:
@@ -879,14 +990,17 @@ class CaptureReader:
                 continue
             if trailer == 15:
                 filetime = _NETMON_FILETIME.unpack_from(buf, data_at + caplen + 6)[0]
-                ts_ns = (filetime - _FILETIME_UNIX_EPOCH) * 100
+                stamp = (filetime - _FILETIME_UNIX_EPOCH) * 100
             elif major == 1:
-                ts_ns = start_ns + delta * 1_000_000
+                stamp = start_ns + delta * 1_000_000
             else:
                 # Documented as µs since the start; Wireshark multiplies by 1000 in 64-bit signed
                 # arithmetic (so huge values wrap negative).  Done the same way, to agree with tshark.
                 ns = (delta * 1000) & _MASK64
-                ts_ns = start_ns + (ns - (1 << 64) if ns >> 63 else ns)
+                stamp = start_ns + (ns - (1 << 64) if ns >> 63 else ns)
+            ts_ns = _clamp_ns(stamp)
+            if ts_ns != stamp:
+                self._stamps.clamped(1, number, at)
             done = builder.add_one(linktype, base + data_at, caplen, wirelen, ts_ns)
             if done is not None:
                 self.bytes_read = window.progress(data_at + caplen)

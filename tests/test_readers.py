@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -421,3 +422,207 @@ def test_iter_capture_files_picks_by_magic(tmp_path):
         tmp_path / "SOURCES.md",
         *found,
     ]
+
+
+@pytest.mark.parametrize("path", [MODBUS_PCAP, PCAPNG, NETMON], ids=["pcap", "pcapng", "netmon"])
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip"])
+def test_batches_bounded_in_bytes_hold_the_same_frames(tmp_path, path, packed):
+    if packed:
+        path = shutil.copyfile(path, tmp_path / "capture")
+        with open(path, "rb") as src:
+            data = src.read()
+        path.write_bytes(gzip.compress(data, mtime=0))
+    _r, whole, ts, wire, cap, frames = read_all(path)
+    reader = CaptureReader(path, batch_size=65536, max_batch_bytes=1000)
+    small = list(reader.batches())
+    assert reader.problems == [] and len(small) > len(whole)
+    for b in small:  # each batch's frames span at most 1000 bytes of the capture, or it is one frame
+        span = int((b.offsets + b.caplens).max() - b.offsets.min())
+        assert span <= 1000 or len(b.offsets) == 1
+    got = [bytes(b.data[o : o + c]) for b in small for o, c in zip(b.offsets.tolist(), b.caplens.tolist())]
+    assert got == frames and (np.concatenate([b.ts_ns for b in small]) == ts).all()
+
+
+# --- hypothesis over every header, block and option field of every format (and gzip around each) ----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sensor.engine import Engine  # noqa: E402
+
+FIELDS = settings(
+    max_examples=int(os.environ.get("OTSENSOR_FIELD_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+U16, U32, U64 = st.integers(0, 2**16 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)
+I64 = st.integers(-(2**63), 2**63 - 1)
+
+
+def _or_true(true_value: int, lie: st.SearchStrategy) -> st.SearchStrategy:
+    """Mostly the field's true value (so the file goes on past it), sometimes any value of its width."""
+    return st.one_of(st.just(true_value), st.just(true_value), lie)
+
+
+def check_reads_cleanly(path: Path) -> None:
+    """What every file must give: CaptureError (not a capture) or batches + problems, never another
+    exception; frames inside their buffer; stamps int64 in range; problems naming a record say where."""
+    try:
+        reader = CaptureReader(path, batch_size=3, max_batch_bytes=200)
+    except CaptureError:
+        return
+    engine = Engine()
+    for batch in reader.batches():
+        n = len(batch.data)
+        assert batch.offsets.dtype == batch.caplens.dtype == batch.ts_ns.dtype == np.int64
+        assert (batch.offsets >= 0).all() and (batch.offsets + batch.caplens <= n).all()
+        assert ((batch.ts_ns >= readers.STAMP_MIN_NS) & (batch.ts_ns <= readers.STAMP_MAX_NS)).all()
+        engine.process_batch(batch)
+    engine.take_delta()
+    for problem in reader.problems:
+        if re.search(r"\b(record|block) \d+", problem):
+            assert "at byte " in problem, problem
+
+
+def write_maybe_gzipped(tmp_path: Path, content: bytes, packed: bool, cut: int | None) -> Path:
+    if cut is not None:
+        content = content[: cut % (len(content) + 1)]
+    path = tmp_path / "capture"
+    path.write_bytes(gzip.compress(content, mtime=0) if packed else content)
+    return path
+
+
+class Fields:
+    """A capture written field by field, remembering where each header/option field sits, so that a
+    test can overwrite any of them afterwards (``edit``) while the rest of the file stays well formed."""
+
+    def __init__(self, order: str) -> None:
+        self.order, self.out, self.fields = order, bytearray(), []
+
+    def put(self, fmt: str, *values, field: bool = True) -> None:
+        layout = struct.Struct(self.order + fmt)
+        at = len(self.out)
+        self.out += layout.pack(*values)
+        if field:
+            for code, offset in _field_offsets(fmt):
+                self.fields.append((at + offset, code))
+
+    def raw(self, data: bytes) -> None:
+        self.out += data
+
+    def edit(self, edits) -> bytes:
+        out = bytearray(self.out)
+        for index, value in edits:
+            if self.fields:
+                at, code = self.fields[index % len(self.fields)]
+                width = struct.calcsize(code)
+                out[at : at + width] = (value % 2 ** (8 * width)).to_bytes(
+                    width, "little" if self.order == "<" else "big"
+                )
+        return bytes(out)
+
+
+def _field_offsets(fmt: str) -> list[tuple[str, int]]:
+    offsets, at = [], 0
+    for code in re.findall(r"\d*[a-zA-Z]", fmt):
+        count, letter = (int(code[:-1]), code[-1]) if len(code) > 1 else (1, code)
+        if letter == "s":
+            at += count
+            continue
+        for _ in range(count):
+            offsets.append((letter, at))
+            at += struct.calcsize(letter)
+    return offsets
+
+
+# A field's new value: the edges of every width (0, 1, max, the sign bit ...) or anything.
+EDGES = [0, 1, 2, 3, 4, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 2**31 - 1, 2**31, 2**32 - 1, 2**40, 2**63 - 1,
+         2**63, 2**64 - 1, 262144, 262145, 16 * 2**20]  # fmt: skip
+edits = st.lists(st.tuples(st.integers(0, 200), st.one_of(st.sampled_from(EDGES), U64)), max_size=3)
+frames = st.lists(st.binary(max_size=60), max_size=5)
+wrapping = st.tuples(st.booleans(), st.one_of(st.none(), st.integers(0)))  # gzip'd, cut at
+
+
+@FIELDS
+@given(st.sampled_from(list(readers._PCAP_MAGICS)), frames, edits, wrapping)
+def test_pcap_header_and_record_fields(tmp_path_factory, magic, payloads, changes, wrap):
+    order, _mult, hdr_len = readers._PCAP_MAGICS[magic]
+    f = Fields(order)
+    f.raw(magic)
+    f.put("HHiIII", 2, 4, 0, 0, 262144, 1)  # version, thiszone, sigfigs, snaplen, LinkType and FCS bits
+    for i, frame in enumerate(payloads):
+        f.put("IIII", 1_700_000_000 + i, 0, len(frame), len(frame))  # seconds, fraction, caplen, original length
+        f.raw(bytes(hdr_len - 16) + frame)
+    check_reads_cleanly(write_maybe_gzipped(tmp_path_factory.mktemp("pcap"), f.edit(changes), *wrap))
+
+
+@FIELDS
+@given(
+    st.sampled_from(["<", ">"]),
+    st.lists(
+        st.tuples(st.sampled_from([1, 101, 113, 239]), st.binary(min_size=1, max_size=1), I64), min_size=1, max_size=2
+    ),  # fmt: skip
+    st.lists(
+        st.tuples(st.sampled_from([6, 6, 3, 2, 4, 0x0BAD]), st.integers(0, 1), U64, st.binary(max_size=60)), max_size=5
+    ),  # fmt: skip
+    edits,
+    wrapping,
+)
+def test_pcapng_block_and_option_fields(tmp_path_factory, order, interfaces, blocks, changes, wrap):
+    f = Fields(order)
+
+    def block_of(btype: int, body_fields, tail: bytes = b"") -> None:
+        size = 12 + sum(struct.calcsize(fmt) for fmt, _ in body_fields) + len(tail) + (-len(tail) % 4)
+        f.put("II", btype, size)
+        for fmt, values in body_fields:
+            f.put(fmt, *values)
+        f.raw(tail + b"\0" * (-len(tail) % 4))
+        f.put("I", size)
+
+    block_of(0x0A0D0D0A, [("IHHq", (0x1A2B3C4D, 1, 0, -1))])
+    for linktype, tsresol, tsoffset in interfaces:  # IDB with if_tsresol and if_tsoffset, then opt_endofopt
+        block_of(1, [("HHI", (linktype, 0, 262144)), ("HH", (9, 1)), ("4s", (tsresol + b"\0\0\0",)),
+                     ("HH", (14, 8)), ("q", (tsoffset,)), ("HH", (0, 0))])  # fmt: skip
+    for btype, iface, ticks, frame in blocks:
+        iface %= len(interfaces)
+        if btype == 6:
+            block_of(6, [("IIIII", (iface, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame)))], frame)
+        elif btype == 2:
+            block_of(2, [("HHIIII", (iface, 0, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame)))], frame)
+        elif btype == 3:
+            block_of(3, [("I", (len(frame),))], frame)
+        else:
+            block_of(btype, [], frame)
+    check_reads_cleanly(write_maybe_gzipped(tmp_path_factory.mktemp("pcapng"), f.edit(changes), *wrap))
+
+
+@FIELDS
+@given(
+    st.sampled_from([(b"GMBU", 2), (b"RTSS", 1)]),
+    st.integers(0, 4),
+    st.sampled_from([0, 1, 2, 7, 0xE001, 0xE071, 0xFFE0, 0xFFFE]),
+    st.integers(1601, 30827),  # SYSTEMTIME's year range
+    st.lists(st.tuples(st.binary(max_size=60), st.sampled_from([1, 7, 0xE001, 0xFFE0]), U64), max_size=4),
+    edits,
+    wrapping,
+)
+def test_netmon_header_table_and_frame_fields(tmp_path_factory, magic_major, minor, media, year, records, changes,
+                                             wrap):  # fmt: skip
+    magic, major = magic_major
+    trailer = 0 if major == 1 or minor == 0 else {1: 2, 2: 6}.get(minor, 15)
+    rec = "IHH" if major == 1 else "qII"  # time since start, original length, captured length
+    sizes = [struct.calcsize("<" + rec) + len(frame) + trailer for frame, _kind, _ft in records]
+    table_at = 64 + sum(sizes)
+    f = Fields("<")
+    f.raw(magic)
+    f.put("BBH8H", minor, major, media, year, 1, 1, 5, 8, 0, 0, 0)  # version, media, capture start
+    f.put("2I", table_at, 4 * len(records))  # frame table offset and length
+    f.put("8I", *([0] * 8), field=False)
+    for (frame, kind, filetime), i in zip(records, range(len(records))):
+        f.put(rec, i * 1000, len(frame), len(frame))
+        f.raw(frame)
+        if trailer:
+            n = {2: 1, 6: 2, 15: 4}[trailer]  # media type; process info index; UTC FILETIME; zone index
+            f.put("HIQB"[:n], *(kind, 0, filetime, 0)[:n])
+    f.put(f"{len(records)}I", *(64 + sum(sizes[:i]) for i in range(len(records))))
+    check_reads_cleanly(write_maybe_gzipped(tmp_path_factory.mktemp("netmon"), f.edit(changes), *wrap))
