@@ -8,11 +8,13 @@ does: ``add_commands(subparsers)`` adds them, ``COMMANDS`` maps each name to its
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
 import threading
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 from sensor.serialize import dumps
@@ -26,7 +28,9 @@ DEMO_DB = "otsensor-demo.duckdb"
 DEMO_TOKEN = "demo"
 DEFAULT_THREADS = 8
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_PCAPS = (ROOT / "pcaps", ROOT / "sensor" / "data" / "pcaps")  # a source tree's, then a package's
+# a source tree's pcaps/, then the installed package's copy (sensor/data/pcaps, a link to pcaps/ in the tree;
+# MANIFEST.in puts the captures, not pcaps/bad/, in the wheel)
+BUNDLED_PCAPS = (ROOT / "pcaps", Path(str(resources.files("sensor") / "data" / "pcaps")))
 
 
 class CommandError(Exception):
@@ -227,33 +231,34 @@ def _when(ms: int | None) -> str:
 def cmd_token(args) -> int:
     from .auth import TokenError, create_token, list_tokens, revoke_token
 
-    if args.token_command != "create" and not Path(args.db).is_file():
-        raise CommandError(f"no such DB: {args.db}")
+    if not os.path.isfile(args.db):  # only replay, run and demo make a DB (the contract, section 1)
+        raise CommandError(f"no such DB: {args.db} (make one with `otsensor replay PATH --db {args.db}`)")
     store = Store(args.db)
     try:
-        if args.token_command == "create":
-            try:
-                secret = create_token(store, args.name, args.expires_in_days)
-            except TokenError as error:
-                raise CommandError(str(error)) from None
-            expiry = "never expires" if args.expires_in_days is None else f"expires in {args.expires_in_days} days"
-            print(f"token {args.name!r} created ({expiry}); it is shown only now:")
-            print(secret)
-        elif args.token_command == "list":
-            tokens = list_tokens(store)
-            if args.json:
-                print(dumps(tokens))
+        with store.writing():  # a full disk, a read-only file: one line, exit 2
+            if args.token_command == "create":
+                try:
+                    secret = create_token(store, args.name, args.expires_in_days)
+                except TokenError as error:
+                    raise CommandError(str(error)) from None
+                expiry = "never expires" if args.expires_in_days is None else f"expires in {args.expires_in_days} days"
+                print(f"token {args.name!r} created ({expiry}); it is shown only now:")
+                print(secret)
+            elif args.token_command == "list":
+                tokens = list_tokens(store)
+                if args.json:
+                    print(dumps(tokens))
+                else:
+                    print(f"{'NAME':<24} {'CREATED':<21} {'EXPIRES':<21} {'REVOKED':<21} STATUS")
+                    for t in tokens:
+                        print(
+                            f"{t['name']:<24} {_when(t['created']):<21} {_when(t['expires']):<21} "
+                            f"{_when(t['revoked']):<21} {t['status']}"
+                        )
             else:
-                print(f"{'NAME':<24} {'CREATED':<21} {'EXPIRES':<21} {'REVOKED':<21} STATUS")
-                for t in tokens:
-                    print(
-                        f"{t['name']:<24} {_when(t['created']):<21} {_when(t['expires']):<21} "
-                        f"{_when(t['revoked']):<21} {t['status']}"
-                    )
-        else:
-            if not revoke_token(store, args.name):
-                raise CommandError(f"no token named {args.name!r} is left to revoke")
-            print(f"token {args.name!r} revoked")
+                if not revoke_token(store, args.name):
+                    raise CommandError(f"no token named {args.name!r} is left to revoke")
+                print(f"token {args.name!r} revoked")
     finally:
         store.close()
     return 0

@@ -6,6 +6,7 @@ Owns the contract's commands and their exit codes (0 ok, 2 usage or unusable inp
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from api import cli as api_commands
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("paths", nargs="+", metavar="PATH")
     replay.add_argument("--db", default=DEFAULT_DB)
     replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    replay.add_argument("--force", action="store_true", help="read files ingested before again (counters add up)")
 
     connections = commands.add_parser("connections", help="print the connections JSON the API serves")
     connections.add_argument("--db", default=DEFAULT_DB)
@@ -61,17 +63,31 @@ def cmd_replay(args) -> int:
     existing_paths(args.paths)
     store = Store(args.db)
     try:
-        summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty())
-    finally:
-        store.close()
+        summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty(), force=args.force)
+    except BaseException:
+        try:
+            store.close()
+        except StoreError:
+            pass  # the first failure is the one to tell
+        raise
+    store.close()
     print(serialize.dumps(summary) if args.json else format_summary(summary))
     if not summary["files"] or summary["notCaptures"]:  # the captures among them are stored all the same
         raise CaptureError("; ".join(summary["notCaptures"]) or "no capture files found")
+    if summary["failedFiles"]:
+        raise CaptureError(f"{len(summary['failedFiles'])} file(s) failed, nothing of them stored (see problems)")
     return 0
 
 
+def existing_db(path: str) -> str:
+    """Only replay, run and demo make a DB (the contract, section 1): the others need one."""
+    if not os.path.isfile(path):  # False too where this user may not look
+        raise UsageError(f"no such DB: {path} (make one with `otsensor replay PATH --db {path}`)")
+    return path
+
+
 def cmd_connections(args) -> int:
-    store = Store(args.db)
+    store = Store(existing_db(args.db))
     try:
         where = serialize.ConnectionFilter(
             args.device_id, args.last_active_in_minutes, args.discovered_before, args.discovered_after
@@ -83,7 +99,7 @@ def cmd_connections(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    store = Store(args.db)
+    store = Store(existing_db(args.db))
     try:
         print(serialize.dumps(serialize.devices(store.cursor())))
     finally:
