@@ -129,7 +129,8 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict
                     store.merge(engine.take_delta())
                     record["packets"] = engine.packets - mark[0]
             except StoreError as error:
-                raise StoreError(f"{error}; the {stored} file(s) read before {path} are stored") from None
+                kept = f"; the {stored} file(s) read before it are stored" if stored else ""
+                raise StoreError(f"{error} (while storing {path}){kept}") from None
             except Exception as error:  # a fault of the reader or the decoders costs this file, not the run
                 failed.append(str(path))
                 problems.append(f"{path}: failed, nothing of it stored: {type(error).__name__}: {error}")

@@ -40,13 +40,14 @@ def _ms(ns: int) -> int:
 class Store:
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = str(path)
+        new = not Path(path).exists()
         try:
             self.db = duckdb.connect(self.path, read_only=read_only)
-        except duckdb.IOException as error:
-            if "lock" in str(error).lower():
-                raise StoreBusy(f"{self.path} is held by another process (DuckDB allows one writer)") from None
-            raise _failure(f"cannot open {self.path}", error) from None
         except duckdb.Error as error:
+            if new and Path(path).is_file() and not Path(path).stat().st_size:
+                Path(path).unlink()  # DuckDB made it and could not write it (a full disk): not a DB
+            if isinstance(error, duckdb.IOException) and "lock" in str(error).lower():
+                raise StoreBusy(f"{self.path} is held by another process (DuckDB allows one writer)") from None
             raise _failure(f"cannot open {self.path}", error) from None
         self._lock = threading.Lock()  # one writer at a time inside this process
         self._local = threading.local()
