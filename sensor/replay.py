@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from .engine import CHUNK, Engine
 from .readers import CaptureError, CaptureReader, is_capture
@@ -73,25 +74,27 @@ def replay(paths: list[str], store: Store, progress: bool = True, force: bool = 
         return _replay(paths, store, progress, force)
 
 
-class _Totals:
-    """What the committed files added: a file that fails or is skipped adds nothing."""
+class _Counters(NamedTuple):
+    packets: int
+    bytes: int
+    non_ip: int
+    errors: dict[str, int]
 
-    def __init__(self) -> None:
-        self.packets = self.bytes = self.non_ip = 0
-        self.errors: dict[str, int] = {}
+    @classmethod
+    def of(cls, engine: Engine) -> _Counters:
+        return cls(engine.packets, engine.bytes, engine.decoder.non_ip, dict(engine.errors))
 
-    @staticmethod
-    def mark(engine: Engine) -> tuple:
-        return engine.packets, engine.bytes, engine.decoder.non_ip, dict(engine.errors)
+    def __add__(self, other: _Counters) -> _Counters:
+        errors = {name: self.errors.get(name, 0) + other.errors.get(name, 0) for name in {*self.errors, *other.errors}}
+        return _Counters(self.packets + other.packets, self.bytes + other.bytes, self.non_ip + other.non_ip, errors)
 
-    def add(self, engine: Engine, mark: tuple) -> None:
-        packets, size, non_ip, errors = mark
-        self.packets += engine.packets - packets
-        self.bytes += engine.bytes - size
-        self.non_ip += engine.decoder.non_ip - non_ip
-        for name, count in engine.errors.items():
-            if count > errors.get(name, 0):
-                self.errors[name] = self.errors.get(name, 0) + count - errors.get(name, 0)
+    def __sub__(self, other: _Counters) -> _Counters:
+        errors = {name: count - other.errors.get(name, 0) for name, count in self.errors.items()}
+        return _Counters(self.packets - other.packets, self.bytes - other.bytes, self.non_ip - other.non_ip,
+                         {name: count for name, count in errors.items() if count})  # fmt: skip
+
+
+NOTHING = _Counters(0, 0, 0, {})
 
 
 def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict:
@@ -99,10 +102,9 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict
     files, problems, refused = capture_files(paths)
     files, refused_captures = _in_time_order(files)
     refused += refused_captures
-    engine, totals = Engine(), _Totals()
+    engine, totals = Engine(), NOTHING  # totals: what the stored files added (not the failed or skipped)
     skipped: list[str] = []
     failed: list[str] = []
-    stored = 0
     done_before = 0
     total = sum(size for _, size in files)
     bar = Progress(total) if progress else None
@@ -116,7 +118,7 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict
                     skipped.append(f"{path}: {known}; --force reads it again")
                     done_before += size
                     continue
-            mark = totals.mark(engine)
+            before = _Counters.of(engine)
             try:
                 with store.ingesting(str(path), size, digest.result) as record:
                     reader = CaptureReader(path, batch_size=CHUNK)
@@ -125,10 +127,13 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict
                         if len(engine.table) >= FLUSH_CONNECTIONS:  # bounded memory: joins the file's transaction
                             store.merge(engine.take_delta())
                         if bar:
-                            bar.update(done_before + reader.bytes_read, totals.packets + engine.packets - mark[0])
+                            bar.update(
+                                done_before + reader.bytes_read, totals.packets + engine.packets - before.packets
+                            )
                     store.merge(engine.take_delta())
-                    record["packets"] = engine.packets - mark[0]
+                    record["packets"] = engine.packets - before.packets
             except StoreError as error:
+                stored = index - len(failed) - len(skipped)
                 kept = f"; the {stored} file(s) read before it are stored" if stored else ""
                 raise StoreError(f"{error} (while storing {path}){kept}") from None
             except Exception as error:  # a fault of the reader or the decoders costs this file, not the run
@@ -136,8 +141,7 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict
                 problems.append(f"{path}: failed, nothing of it stored: {type(error).__name__}: {error}")
                 engine = Engine()  # its flows and counters hold part of the failed file
             else:
-                totals.add(engine, mark)
-                stored += 1
+                totals += _Counters.of(engine) - before
                 problems.extend(f"{path}: {problem}" for problem in reader.problems)
             done_before += size
     finally:
