@@ -396,8 +396,11 @@ def test_a_disk_filling_up_mid_replay_keeps_the_files_stored_before(small_disk, 
 
 
 def test_the_wheel_holds_the_demo_captures_and_the_installed_demo_finds_them(tmp_path):
+    source = tmp_path / "source"  # pip builds in the tree it is given: not in the checkout
+    ignore = shutil.ignore_patterns(".git", "build", "*.egg-info", ".hypothesis", "*_cache", "__pycache__", "*.duckdb*")
+    shutil.copytree(ROOT, source, symlinks=True, ignore=ignore)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
