@@ -8,7 +8,6 @@ does: ``add_commands(subparsers)`` adds them, ``COMMANDS`` maps each name to its
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
@@ -18,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from sensor.serialize import dumps
-from sensor.store import Store
+from sensor.store import Store, existing_db
 
 from . import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SETTINGS
 
@@ -231,9 +230,7 @@ def _when(ms: int | None) -> str:
 def cmd_token(args) -> int:
     from .auth import TokenError, create_token, list_tokens, revoke_token
 
-    if not os.path.isfile(args.db):  # only replay, run and demo make a DB (the contract, section 1)
-        raise CommandError(f"no such DB: {args.db} (make one with `otsensor replay PATH --db {args.db}`)")
-    store = Store(args.db)
+    store = Store(existing_db(args.db))  # only replay, run and demo make a DB (the contract, section 1)
     try:
         with store.writing():  # a full disk, a read-only file: one line, exit 2
             if args.token_command == "create":

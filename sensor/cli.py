@@ -6,7 +6,6 @@ Owns the contract's commands and their exit codes (0 ok, 2 usage or unusable inp
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from api import cli as api_commands
@@ -14,7 +13,7 @@ from api import cli as api_commands
 from . import serialize
 from .readers import CaptureError
 from .settings import add_arguments as add_run_arguments
-from .store import Store, StoreError
+from .store import Store, StoreError, existing_db
 
 DEFAULT_DB = "otsensor.duckdb"
 
@@ -77,13 +76,6 @@ def cmd_replay(args) -> int:
     if summary["failedFiles"]:
         raise CaptureError(f"{len(summary['failedFiles'])} file(s) failed, nothing of them stored (see problems)")
     return 0
-
-
-def existing_db(path: str) -> str:
-    """Only replay, run and demo make a DB (the contract, section 1): the others need one."""
-    if not os.path.isfile(path):  # False too where this user may not look
-        raise UsageError(f"no such DB: {path} (make one with `otsensor replay PATH --db {path}`)")
-    return path
 
 
 def cmd_connections(args) -> int:

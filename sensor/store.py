@@ -7,6 +7,8 @@ One process owns the file: DuckDB refuses a second writer, which surfaces here a
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -40,13 +42,13 @@ def _ms(ns: int) -> int:
 class Store:
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = str(path)
-        new = not Path(path).exists()
+        new = not os.path.exists(self.path)  # (False where this user may not look, as DuckDB then fails)
         try:
             self.db = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as error:
-            if new and Path(path).is_file() and not Path(path).stat().st_size:
-                Path(path).unlink()  # DuckDB made it and could not write it (a full disk): not a DB
-            if isinstance(error, duckdb.IOException) and "lock" in str(error).lower():
+            if new and os.path.isfile(self.path) and not os.path.getsize(self.path):
+                os.unlink(self.path)  # DuckDB made it and could not write it (a full disk): not a DB
+            if isinstance(error, duckdb.IOException) and "Conflicting lock" in str(error):  # not in the path
                 raise StoreBusy(f"{self.path} is held by another process (DuckDB allows one writer)") from None
             raise _failure(f"cannot open {self.path}", error) from None
         self._lock = threading.Lock()  # one writer at a time inside this process
@@ -256,6 +258,18 @@ class Store:
         devices = cursor.execute("SELECT count(*) FROM devices").fetchone()[0]
         connections = cursor.execute("SELECT count(*) FROM connections").fetchone()[0]
         return devices, connections
+
+
+def existing_db(path: str) -> str:
+    """The path of a DB that exists, for the commands that read one (only replay, run and demo make one)."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return path
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as error:
+        raise StoreError(f"cannot open {path}: {error.strerror or error}") from None
+    raise StoreError(f"no such DB: {path} (make one with `otsensor replay PATH --db {path}`)")
 
 
 def _failure(doing: str, error: duckdb.Error) -> StoreError:

@@ -278,6 +278,10 @@ def test_a_path_inside_a_folder_this_user_may_not_enter_is_one_line(shared_dir):
     os.chown(out, 65534, 65534)
     result = otsensor("replay", str(locked / "a.pcap"), "--db", str(out / "s.duckdb"), user="nobody")
     assert "Permission denied" in one_line_error(result)
+    for command in (["replay", str(PCAPS / "modbus.pcap")], ["connections"], ["token", "list"]):
+        assert "Permission denied" in one_line_error(
+            otsensor(*command, "--db", str(locked / "s.duckdb"), user="nobody")
+        )
 
 
 def test_unreadable_files_and_folders_in_a_folder_are_named_under_problems(shared_dir):
