@@ -20,6 +20,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sensor import replay as replay_module
 from sensor.cli import main
@@ -157,6 +159,61 @@ def test_sigkill_loses_at_most_the_file_in_progress(folder, tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["alreadyIngested"]) == 2
     assert facts(db) == clean([PCAPS / name for name in GOOD], tmp_path / "all.duckdb")
+
+
+POOL = ("ads_ams.pcap", "http.pcap", "modbus.pcap", "s7comm.pcap", "s7comm_plus.pcap")  # no flow in two of them
+
+
+class SometimesCrashing(CaptureReader):
+    crash: frozenset = frozenset()
+
+    def batches(self):
+        for batch in super().batches():
+            yield batch
+            if self.path.name in self.crash and self.batch_size > 2:
+                raise RuntimeError("a fault in the reader")
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.lists(st.sampled_from(POOL), min_size=1, max_size=6),  # the same content may come twice, by other names
+    st.sets(st.integers(0, 5)),  # which of them the reader fails on
+    st.booleans(),  # one run with all the files, or one per file
+)
+def test_whatever_fails_the_db_holds_exactly_the_files_it_lists(names, crashing, per_file):
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        tmp = Path(tmp)
+        folder = tmp / "captures"
+        folder.mkdir()
+        for index, name in enumerate(names):
+            shutil.copy(PCAPS / name, folder / f"{index}-{name}")
+        SometimesCrashing.crash = frozenset(f"{index}-{name}" for index, name in enumerate(names) if index in crashing)
+        patch.setattr(replay_module, "CaptureReader", SometimesCrashing)
+        db = tmp / "s.duckdb"
+        store = Store(db)
+        try:
+            runs = [[p] for p in sorted(folder.iterdir())] if per_file else [[folder]]
+            summaries = [replay([str(p) for p in run], store, progress=False) for run in runs]
+        finally:
+            store.close()
+        stored, failed = {}, set()  # by content: the first copy read is stored, the others are skipped
+        for index, name in enumerate(names):  # the reading order: equal first stamps, so by file name
+            if name not in stored:
+                if index in crashing:
+                    failed.add(f"{index}-{name}")
+                else:
+                    stored[name] = f"{index}-{name}"
+        assert {Path(f).name for summary in summaries for f in summary["failedFiles"]} == failed
+        assert ingested(db) == sorted(stored.values())
+        assert facts(db) == clean([PCAPS / name for name in stored], tmp / "stored.duckdb")
+
+        patch.undo()  # the same command again, the reader mended: what is missing is read, nothing twice
+        store = Store(db)
+        try:
+            replay([str(folder)], store, progress=False)
+        finally:
+            store.close()
+        assert facts(db) == clean([PCAPS / name for name in set(names)], tmp / "all.duckdb")
 
 
 # -- order ---------------------------------------------------------------------------------------------
