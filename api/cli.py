@@ -13,9 +13,10 @@ import signal
 import socket
 import sys
 import threading
+from importlib import resources
 from pathlib import Path
 
-from sensor.store import Store
+from sensor.store import Store, existing_db
 
 from . import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SETTINGS
 
@@ -26,7 +27,9 @@ DEMO_DB = "otsensor-demo.duckdb"
 DEMO_TOKEN = "demo"
 DEFAULT_THREADS = 8
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_PCAPS = (ROOT / "pcaps", ROOT / "sensor" / "data" / "pcaps")  # a source tree's, then a package's
+# a source tree's pcaps/, then the installed package's copy (sensor/data/pcaps, a link to pcaps/ in the tree;
+# MANIFEST.in puts the captures, not pcaps/bad/, in the wheel)
+BUNDLED_PCAPS = (ROOT / "pcaps", Path(str(resources.files("sensor") / "data" / "pcaps")))
 
 
 class CommandError(Exception):
@@ -198,9 +201,7 @@ def run_until_stopped(server) -> None:
 def cmd_serve(args) -> int:
     from . import create_app
 
-    if not Path(args.db).is_file():
-        raise CommandError(f"no such DB: {args.db} (make one with `otsensor replay PATH --db {args.db}`)")
-    store = Store(args.db)
+    store = Store(existing_db(args.db))  # a missing DB, or one in a folder this user cannot enter: one line
     admin = None
     try:
         # nothing else writes this DB while it is served here (tokens are not data), so its data has one generation

@@ -274,12 +274,14 @@ def call(db: str, command: str, args: dict, socket_path: str | None = None) -> s
     """Run ``command`` on ``db``: through the admin socket of the daemon that holds it, else on the file.
 
     Returns what the command prints; AdminError (one line) otherwise."""
-    from .store import Store, StoreBusy, StoreError
+    from .store import Store, StoreBusy, StoreError, existing_db
 
     entry = COMMANDS[command]
     path = socket_path or default_socket(db)
-    if not Path(db).is_file():
-        raise AdminError(f"no such DB: {db}")
+    try:
+        existing_db(db)  # only replay, run and demo make a DB (the contract, section 1)
+    except StoreError as error:
+        raise AdminError(str(error)) from None
     reply = _ask(path, command, args, entry.seconds)
     if reply is not None:
         return reply
@@ -295,7 +297,10 @@ def call(db: str, command: str, args: dict, socket_path: str | None = None) -> s
     except StoreError as error:
         raise AdminError(str(error)) from None
     try:
-        return entry.run(Holder(store), args)
+        with store.writing():  # a full disk, a read-only file: one line, exit 2
+            return entry.run(Holder(store), args)
+    except StoreError as error:
+        raise AdminError(str(error)) from None
     finally:
         store.close()
 

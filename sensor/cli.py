@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("paths", nargs="+", metavar="PATH")
     replay.add_argument("--db", default=DEFAULT_DB, help=DB_HELP + "; made if missing")
     replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    replay.add_argument("--force", action="store_true", help="read files ingested before again (counters add up)")
 
     connections = commands.add_parser("connections", help="print the connections JSON the API serves")
     connections.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
@@ -101,12 +102,19 @@ def cmd_replay(args) -> int:
     existing_paths(args.paths)
     store = Store(args.db)
     try:
-        summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty())
-    finally:
-        store.close()
+        summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty(), force=args.force)
+    except BaseException:
+        try:
+            store.close()
+        except StoreError:
+            pass  # the first failure is the one to tell
+        raise
+    store.close()
     print(serialize.dumps(summary) if args.json else format_summary(summary))
     if not summary["files"] or summary["notCaptures"]:  # the captures among them are stored all the same
         raise CaptureError("; ".join(summary["notCaptures"]) or "no capture files found")
+    if summary["failedFiles"]:
+        raise CaptureError(f"{len(summary['failedFiles'])} file(s) failed, nothing of them stored (see problems)")
     return 0
 
 

@@ -7,7 +7,12 @@ One process owns the file: DuckDB refuses a second writer, which surfaces here a
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import duckdb
@@ -37,16 +42,18 @@ def _ms(ns: int) -> int:
 class Store:
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = str(path)
+        new = not os.path.exists(self.path)  # (False where this user may not look, as DuckDB then fails)
         try:
             self.db = duckdb.connect(self.path, read_only=read_only)
-        except duckdb.IOException as error:
-            if "lock" in str(error).lower():
-                raise StoreBusy(f"{self.path} is held by another process (DuckDB allows one writer)") from None
-            raise StoreError(f"cannot open {self.path}: {error}") from None
         except duckdb.Error as error:
-            raise StoreError(f"cannot open {self.path}: {error}") from None
+            if new and os.path.isfile(self.path) and not os.path.getsize(self.path):
+                os.unlink(self.path)  # DuckDB made it and could not write it (a full disk): not a DB
+            if isinstance(error, duckdb.IOException) and "Conflicting lock" in str(error):  # not in the path
+                raise StoreBusy(f"{self.path} is held by another process (DuckDB allows one writer)") from None
+            raise _failure(f"cannot open {self.path}", error) from None
         self._lock = threading.Lock()  # one writer at a time inside this process
         self._local = threading.local()
+        self._file_open = False  # inside ingesting(): merges join the file's transaction
         if not read_only:
             self._migrate()
 
@@ -57,7 +64,7 @@ class Store:
         except SchemaTooNew as error:
             raise StoreError(str(error)) from None
         except duckdb.Error as error:
-            raise StoreError(f"cannot upgrade {self.path}: {error}") from None
+            raise _failure(f"cannot upgrade {self.path}", error) from None
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for the calling thread (DuckDB connections are not shared across threads)."""
@@ -71,7 +78,18 @@ class Store:
 
     def close(self) -> None:
         self._local = threading.local()  # drop this thread's cursor before the connection
-        self.db.close()
+        try:
+            self.db.close()  # a checkpoint: it writes
+        except duckdb.Error as error:
+            raise _failure(f"closing {self.path} failed", error) from None
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """DuckDB's failures inside (a full disk, a read-only file) as one StoreError line."""
+        try:
+            yield
+        except duckdb.Error as error:
+            raise _failure(f"writing to {self.path} failed", error) from None
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -81,11 +99,11 @@ class Store:
             return
         with self._lock:
             try:
-                with self.transaction():
+                with nullcontext() if self._file_open else self.transaction():
                     ids = self._merge_devices(delta)
                     self._merge_connections(delta, ids)
             except duckdb.Error as error:
-                raise StoreError(f"writing to {self.path} failed: {error}") from None
+                raise _failure(f"writing to {self.path} failed", error) from None
 
     def _merge_devices(self, delta: ConnectionTable) -> dict[bytes, int]:
         db = self.db
@@ -202,6 +220,37 @@ class Store:
         )
         db.execute("DROP TABLE delta_keys")
 
+    # -- files replay has ingested (schema version 2) ---------------------------------------------
+
+    def ingested(self, digest: str) -> tuple[str, int] | None:
+        """(path, epoch ms) under which the file with this SHA-256 was ingested, or None."""
+        return self.cursor().execute("SELECT path, ingested FROM ingested_files WHERE digest = ?", [digest]).fetchone()
+
+    def ingested_size(self, size: int) -> bool:
+        """Whether a file of this many bytes was ingested (if not, a file of that size is not one of them)."""
+        return self.cursor().execute("SELECT 1 FROM ingested_files WHERE size = ?", [size]).fetchone() is not None
+
+    @contextmanager
+    def ingesting(self, path: str, size: int, digest) -> Iterator[dict]:
+        """One transaction for one file (replay's, from one thread): every merge() inside and the file's
+        digest commit together, or nothing does (an exception, a SIGKILL), so the DB holds a file's data
+        exactly when it lists its digest.  ``digest()`` is called at the end (it may still be being
+        computed); the caller sets the yielded dict's "packets"."""
+        record = {"packets": 0}
+        try:
+            with self.transaction():
+                self._file_open = True
+                try:
+                    yield record
+                finally:
+                    self._file_open = False
+                self.db.execute(
+                    "INSERT OR REPLACE INTO ingested_files VALUES (?, ?, ?, ?, ?)",
+                    [digest(), path, size, record["packets"], int(time.time() * 1000)],
+                )
+        except duckdb.Error as error:
+            raise _failure(f"writing to {self.path} failed", error) from None
+
     # -- reading ----------------------------------------------------------------------------------
 
     def counts(self) -> tuple[int, int]:
@@ -209,6 +258,26 @@ class Store:
         devices = cursor.execute("SELECT count(*) FROM devices").fetchone()[0]
         connections = cursor.execute("SELECT count(*) FROM connections").fetchone()[0]
         return devices, connections
+
+
+def existing_db(path: str) -> str:
+    """The path of a DB that exists, for the commands that read one (only replay, run and demo make one)."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return path
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as error:
+        raise StoreError(f"cannot open {path}: {error.strerror or error}") from None
+    raise StoreError(f"no such DB: {path} (make one with `otsensor replay PATH --db {path}`)")
+
+
+def _failure(doing: str, error: duckdb.Error) -> StoreError:
+    """One line for the CLI, a full disk said plainly (DuckDB's message may span lines)."""
+    text = " ".join(str(error).split())
+    if "No space left on device" in text:
+        return StoreError(f"{doing}: no space left on device ({text})")
+    return StoreError(f"{doing}: {text}")
 
 
 def _protocols_json(protocols: dict) -> str:

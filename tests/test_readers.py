@@ -20,7 +20,8 @@ import pytest
 from sensor import readers
 from sensor.readers import CaptureError, CaptureReader, is_capture, iter_capture_files
 
-REAL = Path(os.environ.get("OTSENSOR_REAL_PCAPS", "/work/shared/pcaps/real"))
+from .conftest import REAL
+
 MODBUS_PCAP = REAL / "iti" / "ModbusTCP_Modbus_modbus_test.pcap"  # little-endian µs pcap, Ethernet
 PCAPNG = REAL / "plc4x" / "modbus-manual-test-capture.pcapng"
 NETMON = REAL / "dsian-adsviewer" / "Demo.cap"
