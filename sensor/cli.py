@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("paths", nargs="+", metavar="PATH")
     replay.add_argument("--db", default=DEFAULT_DB)
     replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    replay.add_argument("--config", metavar="FILE", help="TOML settings (learning_hours, alert_dedup_minutes ...)")
 
     connections = commands.add_parser("connections", help="print the connections JSON the API serves")
     connections.add_argument("--db", default=DEFAULT_DB)
@@ -48,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     devices = commands.add_parser("devices", help="print the devices JSON the API serves")
     devices.add_argument("--db", default=DEFAULT_DB)
 
+    alerts = commands.add_parser("alerts", help="print the alerts JSON the API serves; `alerts handle ID`")
+    alerts.add_argument("--db", default=DEFAULT_DB)
+    alerts.add_argument("--state", choices=("handled", "unhandled"))
+    alert_commands = alerts.add_subparsers(dest="alert_command", metavar="handle")
+    handle = alert_commands.add_parser("handle", help="mark an alert handled (--learn: authorize its activity)")
+    handle.add_argument("id", type=_non_negative, metavar="ID")
+    handle.add_argument("--learn", action="store_true")
+    handle.add_argument("--db", default=argparse.SUPPRESS)
+
     run = commands.add_parser("run", help="the live daemon: capture, scheduled flushes and the API")
     add_run_arguments(run)
 
@@ -56,10 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_replay(args) -> int:
+    from .detect import Detector
     from .replay import existing_paths, format_summary, replay
+    from .settings import SettingsError, load
 
     existing_paths(args.paths)
-    store = Store(args.db)
+    try:
+        settings = load(args.config) if args.config else None
+    except SettingsError as error:
+        raise UsageError(str(error)) from None
+    store = Store(args.db, detector=Detector.from_settings(settings) if settings else None)
     try:
         summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty())
     finally:
@@ -91,6 +107,28 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def cmd_alerts(args) -> int:
+    _existing_db(args.db)
+    store = Store(args.db)
+    try:
+        if args.alert_command == "handle":
+            if not store.handle_alert(args.id, learn=args.learn):
+                raise UsageError(f"no alert {args.id} in {args.db}")
+            print(serialize.dumps(serialize.alerts(store.cursor(), 1, ids=[args.id])[0]))
+        else:
+            print(serialize.dumps(serialize.alerts(store.cursor(), 1, serialize.AlertFilter(state=args.state))))
+    finally:
+        store.close()
+    return 0
+
+
+def _existing_db(path: str) -> None:
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise UsageError(f"no such DB: {path}")
+
+
 def cmd_run(args) -> int:
     from .daemon import run
     from .settings import SettingsError, load, overrides_from_args
@@ -106,6 +144,7 @@ COMMANDS = {
     "replay": cmd_replay,
     "connections": cmd_connections,
     "devices": cmd_devices,
+    "alerts": cmd_alerts,
     "run": cmd_run,
     **api_commands.COMMANDS,
 }

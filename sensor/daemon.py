@@ -69,18 +69,21 @@ _connection_values = operator.attrgetter(*_CONNECTION_FIELDS)
 _device_values = operator.attrgetter(*_DEVICE_FIELDS)
 
 
-def table_to_wire(table: ConnectionTable) -> tuple[list, list]:
-    """A ConnectionTable as (connections, devices): lists of (key, *field values) in __slots__ order."""
+def table_to_wire(table: ConnectionTable) -> tuple[list, list, list, int]:
+    """A ConnectionTable as (connections, devices, operations, operations dropped): lists of (key,
+    *field values) in __slots__ order, and the operational occurrences (tuples already)."""
     return (
         [(key, *_connection_values(record)) for key, record in table.connections.items()],
         [(key, *_device_values(record)) for key, record in table.devices.items()],
+        table.operations,
+        table.operations_dropped,
     )
 
 
 def table_from_wire(wire: tuple[list, list]) -> ConnectionTable:
     """The inverse of :func:`table_to_wire`."""
     table = ConnectionTable()
-    connections, devices = wire
+    connections, devices, table.operations, table.operations_dropped = wire
     for key, *values in connections:
         record = table.connections[key] = Connection()
         for name, value in zip(_CONNECTION_FIELDS, values):
@@ -637,6 +640,7 @@ def run(settings: Settings) -> int:
     except SettingsError as error:
         print(f"otsensor: {error}", file=sys.stderr)
         return 2
+    from .detect import Detector
     from .store import Store, StoreError  # DuckDB: the main process's alone
 
     try:
@@ -647,7 +651,8 @@ def run(settings: Settings) -> int:
         print(f"otsensor: cannot prepare the capture interfaces: {error}", file=sys.stderr)
         return 2
     try:
-        store = Store(settings.db)
+        # alert sinks (a syslog forwarder): store.detector.on_alert.append(forwarder.send)
+        store = Store(settings.db, detector=Detector.from_settings(settings))
     except StoreError as error:
         print(f"otsensor: {error}", file=sys.stderr)
         return 2

@@ -70,6 +70,7 @@ def _replay(paths: list[str], store: Store, progress: bool) -> dict:
     problems: list[str] = []
     unreadable: list[str] = []
     done_before = 0
+    learning_end: int | None = None  # packet time (ns); 0 once the replay has passed it
     total = sum(path.stat().st_size for path in files)
     bar = Progress(total) if progress else None
     for path in files:
@@ -79,6 +80,7 @@ def _replay(paths: list[str], store: Store, progress: bool) -> dict:
             unreadable.append(f"{path}: {error}")
             continue
         for batch in reader.batches():
+            batch, learning_end = _learning_cut(batch, engine, store, learning_end)
             engine.process_batch(batch)
             if len(engine.table) >= FLUSH_CONNECTIONS:
                 store.merge(engine.take_delta())
@@ -104,6 +106,33 @@ def _replay(paths: list[str], store: Store, progress: bool) -> dict:
         "problems": problems,
         "notCaptures": unreadable,
     }
+
+
+def _learning_cut(batch, engine: Engine, store: Store, learning_end: int | None):
+    """Where the learning period ends inside a batch, what came before it is merged on its own: the
+    detector then tells what was learnt from what is new (a replay learns the first part of a capture
+    and alerts on the rest).  Returns the rest of the batch and the learning end still ahead (0 once
+    passed)."""
+    if learning_end == 0 or not len(batch.ts_ns):
+        return batch, learning_end
+    if learning_end is None:
+        learning_end = store.learning_end_ns(int(batch.ts_ns.min()))
+    late = batch.ts_ns >= learning_end
+    if not late.any():
+        return batch, learning_end
+    cut = int(late.argmax())
+    if cut:
+        engine.process_batch(_part(batch, 0, cut))
+        batch = _part(batch, cut, len(batch.ts_ns))
+    store.merge(engine.take_delta())
+    return batch, 0
+
+
+def _part(batch, start: int, end: int):
+    return batch._replace(
+        offsets=batch.offsets[start:end], caplens=batch.caplens[start:end], wirelens=batch.wirelens[start:end],
+        ts_ns=batch.ts_ns[start:end],
+    )  # fmt: skip
 
 
 def format_summary(summary: dict) -> str:

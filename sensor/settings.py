@@ -40,6 +40,8 @@ class Settings:
     api_threads: int = 8  # API requests answered at once
     prepare_interfaces: bool = False  # bring the interfaces up listen-only (no address, ARP, IPv6) first
     ring_mb: int = 64  # kernel ring per interface and worker, in MiB (1 MiB blocks)
+    learning_hours: float = 24.0  # packet time after the DB's first packet during which nothing new alerts
+    alert_dedup_minutes: float = 10.0  # a repeat of an operational command within this counts on its alert
 
     def check(self) -> None:
         """What `run` needs beyond well-typed values; SettingsError names the setting."""
@@ -55,6 +57,8 @@ class Settings:
             raise SettingsError(f"rate_limit must be 0 (off) or positive, not {self.rate_limit}")
         if self.api_threads < 1:
             raise SettingsError(f"api_threads must be at least 1, not {self.api_threads}")
+        if self.learning_hours < 0 or self.alert_dedup_minutes < 0:
+            raise SettingsError("learning_hours and alert_dedup_minutes must be 0 or positive")
         if not 1 <= self.ring_mb <= 4096:
             raise SettingsError(f"ring_mb must be within 1..4096, not {self.ring_mb}")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -76,6 +80,8 @@ _TYPES = {
     "api_threads": (int,),
     "prepare_interfaces": (bool,),
     "ring_mb": (int,),
+    "learning_hours": (int, float),
+    "alert_dedup_minutes": (int, float),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
                bool: "true or false"}  # fmt: skip
@@ -96,7 +102,9 @@ def _value(key: str, value, source: str):
         return tuple(dict.fromkeys(value))  # in order, each once
     if key in {"bpf", "tls_cert", "tls_key"} and value == "":
         return None  # an empty string in TOML means "not set" (TOML has no null)
-    if key in {"flush_interval", "retention_days"}:
+    if key in {"learning_hours", "alert_dedup_minutes"} and value < 0:
+        raise SettingsError(f"{source}: {key} must be 0 or positive, not {value!r}")
+    if key in {"flush_interval", "retention_days", "learning_hours", "alert_dedup_minutes"}:
         return float(value)
     return value
 
@@ -190,6 +198,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="bring the interfaces up listen-only first: no address, no ARP, no IPv6 (needs CAP_NET_ADMIN)",
+    )
+    add(
+        "--learning-hours",
+        type=_positive_number,
+        metavar="HOURS",
+        help=f"learning period in packet time: new devices/pairs/commands alert after it (default {default.learning_hours:g})",
+    )
+    add(
+        "--alert-dedup-minutes",
+        type=_positive_number,
+        metavar="MINUTES",
+        help=f"repeats of an operational command count on its open alert (default {default.alert_dedup_minutes:g})",
     )
     add("--ring-mb", type=_count, metavar="MIB", help=f"kernel ring per interface and worker (default {default.ring_mb})")  # fmt: skip
 

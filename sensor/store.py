@@ -13,11 +13,13 @@ from pathlib import Path
 import duckdb
 
 from .connections import ConnectionTable, ip_text
+from .detect import Changes, Detector, addresses_json
 from .migrations import SchemaTooNew, upgrade
 from .oui import vendor as oui_vendor
 
 PROTOCOLS_TYPE = '[{"name":"VARCHAR","commands":["VARCHAR"]}]'
 IDENTITY_COLUMNS = ("vendor", "name", "model", "firmware", "serial", "user_agent", "server")
+FIRMWARE_COLUMNS = ("model", "firmware")  # a change of either is a "Firmware change"
 IDENTITY_KEYS = {"vendor": "vendor", "name": "name", "type": "model", "firmware": "firmware",
                  "serial": "serial", "userAgent": "user_agent", "server": "server"}  # fmt: skip
 
@@ -35,8 +37,9 @@ def _ms(ns: int) -> int:
 
 
 class Store:
-    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False, detector: Detector | None = None) -> None:
         self.path = str(path)
+        self.detector = detector or Detector()  # alerts and events of each merge (sensor/detect.py)
         try:
             self.db = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as error:
@@ -76,18 +79,47 @@ class Store:
     # -- writing ----------------------------------------------------------------------------------
 
     def merge(self, delta: ConnectionTable) -> None:
-        """Join a delta into the DB in one transaction: nothing of it is written, or all of it."""
+        """Join a delta into the DB in one transaction: nothing of it is written, or all of it — its
+        events and alerts included; new alerts go to the detector's sinks once it is committed."""
         if not delta.devices and not delta.connections:
             return
         with self._lock:
             try:
                 with self.transaction():
-                    ids = self._merge_devices(delta)
-                    self._merge_connections(delta, ids)
+                    changes = Changes()
+                    ids = self._merge_devices(delta, changes)
+                    self._merge_connections(delta, ids, changes)
+                    opened = self.detector.detect(self.db, delta, ids, changes)
+            except duckdb.Error as error:
+                raise StoreError(f"writing to {self.path} failed: {error}") from None
+            self.detector.publish(self.db, opened)
+
+    def learning_end_ns(self, first_ns: int | None = None) -> int | None:
+        """Packet time (ns) at which learning ends; None before the DB saw a packet, unless ``first_ns``
+        (the first packet of a replay) starts it."""
+        with self._lock:
+            row = self.db.execute("SELECT first_packet FROM learning").fetchone()
+            if row is None:
+                if first_ns is None:
+                    return None
+                row = (first_ns // 1_000_000,)
+                self.db.execute("INSERT INTO learning VALUES (?)", list(row))
+        return (row[0] + self.detector.learning_ms) * 1_000_000
+
+    def handle_alert(self, alert_id: int, learn: bool = False) -> bool:
+        """PUT /api/v1/alerts/<id>: handled (and learned); False if there is no such alert."""
+        import time
+
+        from .detect import handle
+
+        with self._lock:
+            try:
+                with self.transaction():
+                    return handle(self.db, alert_id, learn, time.time_ns() // 1_000_000)
             except duckdb.Error as error:
                 raise StoreError(f"writing to {self.path} failed: {error}") from None
 
-    def _merge_devices(self, delta: ConnectionTable) -> dict[bytes, int]:
+    def _merge_devices(self, delta: ConnectionTable, changes: Changes) -> dict[bytes, int]:
         db = self.db
         addresses = {ip_text(address): address for address in delta.devices}
         texts = list(addresses)
@@ -95,7 +127,8 @@ class Store:
             row[1]: row
             for row in db.execute(
                 "SELECT id, ip, macs, roles, vendor, name, model, firmware, serial, user_agent, server, "
-                "first_seen, last_seen FROM devices WHERE ip IN (SELECT unnest($1))",
+                "first_seen, last_seen, engineering_station, scanner, authorized, addresses "
+                "FROM devices WHERE ip IN (SELECT unnest($1))",
                 [texts],
             ).fetchall()
         }
@@ -104,7 +137,8 @@ class Store:
         if new:
             fresh_ids = [r[0] for r in db.execute("SELECT nextval('device_ids') FROM range($1)", [len(new)]).fetchall()]
         new_ids = dict(zip(new, fresh_ids))
-        names = ("id", "ip", "macs", "roles", "vendor", "mac_vendor", *IDENTITY_COLUMNS[1:], "first", "last")
+        names = ("id", "ip", "macs", "roles", "vendor", "mac_vendor", *IDENTITY_COLUMNS[1:], "first", "last",
+                 "engineering", "scanner", "authorized", "addresses")  # fmt: skip
         columns: dict[str, list] = {name: [] for name in names}
         ids: dict[bytes, int] = {}
         for text, address in addresses.items():
@@ -120,11 +154,16 @@ class Store:
                 macs.update(row[2])
                 roles.update(row[3])
                 for column, value in zip(IDENTITY_COLUMNS, row[4:11]):
+                    new = identity.get(column)
+                    if column in FIRMWARE_COLUMNS and value is not None and new is not None and new != value:
+                        changes.identity.append((device_id, column, value, new, max(last, row[12])))
                     if value is not None and (column not in identity or value > identity[column]):
                         identity[column] = value
                 first, last = min(first, row[11]), max(last, row[12])
             if last < 0:  # known only by its MAC so far: seen when its flows are folded
                 first = last = 0 if row is None else row[12]
+            if row is None and last > 0:
+                changes.new_devices.append((device_id, first))
             ids[address] = device_id
             columns["id"].append(device_id)
             columns["ip"].append(text)
@@ -135,6 +174,11 @@ class Store:
             columns["mac_vendor"].append(next(filter(None, map(oui_vendor, sorted(macs))), None))
             columns["first"].append(first)
             columns["last"].append(last)
+            flags = (False, False, False) if row is None else row[13:16]
+            columns["engineering"].append(flags[0])
+            columns["scanner"].append(flags[1])
+            columns["authorized"].append(flags[2])
+            columns["addresses"].append(addresses_json(device.addresses, None if row is None else row[16]))
         if existing:
             db.execute("DELETE FROM devices WHERE ip IN (SELECT unnest($1))", [list(existing)])
         db.execute(
@@ -145,7 +189,7 @@ class Store:
         )
         return ids
 
-    def _merge_connections(self, delta: ConnectionTable, ids: dict[bytes, int]) -> None:
+    def _merge_connections(self, delta: ConnectionTable, ids: dict[bytes, int], changes: Changes) -> None:
         if not delta.connections:
             return
         db = self.db
@@ -171,11 +215,24 @@ class Store:
                 packets, size, user_agent = record.packets, record.bytes, record.user_agent
                 if last_seen < 0:  # commands recorded before the flow's first fold: times come with it
                     discovered = last_seen = 0
+                else:
+                    changes.new_pairs.append((key[0], key[1], discovered))
+                    changes.new_targets.append((key[0], key[1], len(ports), discovered, last_seen))
             else:
                 ports = set(record.ports) | set(row[2])
                 protocols = {name: set(commands) for name, commands in record.protocols.items()}
-                for entry in json.loads(row[3]):
-                    protocols.setdefault(entry["name"], set()).update(entry["commands"])
+                known = {entry["name"]: set(entry["commands"]) for entry in json.loads(row[3])}
+                time = _ms(record.discovered_ns) if record.last_seen_ns >= 0 else row[5]
+                for name, commands in protocols.items():
+                    for command in sorted(commands - known.get(name, set())):
+                        changes.new_commands.append((key[0], key[1], name, command, time))
+                for name, commands in known.items():
+                    protocols.setdefault(name, set()).update(commands)
+                new_ports = len(record.ports - set(row[2]))
+                if new_ports and record.last_seen_ns >= 0:
+                    changes.new_targets.append(
+                        (key[0], key[1], new_ports, _ms(record.discovered_ns), _ms(record.last_seen_ns))
+                    )
                 discovered = min(_ms(record.discovered_ns), row[4])
                 last_seen = max(_ms(record.last_seen_ns), row[5])
                 packets, size, user_agent = record.packets + row[6], record.bytes + row[7], record.user_agent
