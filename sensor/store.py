@@ -217,7 +217,7 @@ class Store:
                     discovered = last_seen = 0
                 else:
                     changes.new_pairs.append((key[0], key[1], discovered))
-                    changes.new_targets.append((key[0], key[1], len(ports), discovered, last_seen))
+                    changes.new_targets.append((key[0], key[1], len(ports), discovered, last_seen, packets))
             else:
                 ports = set(record.ports) | set(row[2])
                 protocols = {name: set(commands) for name, commands in record.protocols.items()}
@@ -231,7 +231,7 @@ class Store:
                 new_ports = len(record.ports - set(row[2]))
                 if new_ports and record.last_seen_ns >= 0:
                     changes.new_targets.append(
-                        (key[0], key[1], new_ports, _ms(record.discovered_ns), _ms(record.last_seen_ns))
+                        (key[0], key[1], new_ports, _ms(record.discovered_ns), _ms(record.last_seen_ns), record.packets)
                     )
                 discovered = min(_ms(record.discovered_ns), row[4])
                 last_seen = max(_ms(record.last_seen_ns), row[5])
