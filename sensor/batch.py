@@ -655,5 +655,13 @@ class FastPath:
         count, name = self.flows.count, self.flows.name
         for flow, n, size, low, high in update:
             count(flow, n, size, low, high)
+        # commands come flow by flow (split() lists them by flow index): one call per flow
+        previous, pairs = None, []
         for flow, pair in commands:
-            name(flow, [pair])
+            if flow is not previous:
+                if pairs:
+                    name(previous, pairs)
+                previous, pairs = flow, []
+            pairs.append(pair)
+        if pairs:
+            name(previous, pairs)

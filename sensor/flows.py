@@ -487,9 +487,14 @@ class FlowTable:
             self.now_ns = last_ns
 
     def name(self, flow: Flow, commands: list[tuple[str, str]]) -> None:
-        """Commands named from an analyzer's table (no identity, never operational: batch() leaves
-        those to parse)."""
-        self._record(flow, True, commands, {})
+        """Commands named from an analyzer's table: what _record does with them (no identity, never an
+        Operation — batch() leaves operational PDUs to parse)."""
+        protocols = self.table.connection(flow.client, flow.server).protocols
+        for protocol, command in commands:
+            names = protocols.get(protocol)
+            if names is None:
+                names = protocols[protocol] = set()
+            names.add(command)
 
     def close(self, flow: Flow) -> None:
         """A FIN or RST, as _control marks it."""

@@ -51,7 +51,6 @@ STEPS: list[tuple[int, list[str]]] = [
         3,
         [
             "CREATE SEQUENCE alert_ids START 1",
-            "CREATE SEQUENCE event_ids START 1",
             """CREATE TABLE alerts (
         id BIGINT NOT NULL PRIMARY KEY, time BIGINT NOT NULL, last_time BIGINT NOT NULL, title VARCHAR NOT NULL,
         message VARCHAR NOT NULL, severity VARCHAR NOT NULL, engine VARCHAR NOT NULL,

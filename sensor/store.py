@@ -86,7 +86,7 @@ class Store:
         with self._lock:
             try:
                 with self.transaction():
-                    changes = Changes()
+                    changes = Changes(learning_end=self.detector.learning_end(self.db, delta))
                     ids = self._merge_devices(delta, changes)
                     self._merge_connections(delta, ids, changes)
                     opened = self.detector.detect(self.db, delta, ids, changes)
@@ -174,7 +174,8 @@ class Store:
             columns["mac_vendor"].append(next(filter(None, map(oui_vendor, sorted(macs))), None))
             columns["first"].append(first)
             columns["last"].append(last)
-            flags = (False, False, False) if row is None else row[13:16]
+            # a device first seen during learning is authorized (the baseline)
+            flags = (False, False, first < changes.learning_end) if row is None else row[13:16]
             columns["engineering"].append(flags[0])
             columns["scanner"].append(flags[1])
             columns["authorized"].append(flags[2])

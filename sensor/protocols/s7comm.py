@@ -71,6 +71,7 @@ PI_SERVICE_CATEGORIES = {"P_PROGRAM": START}
 NOT_NAMED_FROM_TABLE = np.zeros(256, bool)
 NOT_NAMED_FROM_TABLE[[*FUNCTION_CATEGORIES, PI_SERVICE]] = True
 NOT_NAMED_FROM_TABLE[[0x04, 0x05]] = False
+MARKED_FUNCTIONS = frozenset(np.flatnonzero(NOT_NAMED_FROM_TABLE).tolist())  # the same, for parse
 
 # Block types of the file names in download/upload parameters ("_0A00001P": type 0A, number 00001),
 # blocktype_names of packet-s7comm.c.
@@ -424,7 +425,7 @@ def _s7comm_name(pdu: bytes, identity: dict[str, str]) -> str | Operation | None
             raise Malformed("S7comm parameter truncated")
         function = pdu[header_len]
         name = FUNCTION_NAMES.get(function, f"Function 0x{function:02x}")
-        if rosctr == ROSCTR_JOB and NOT_NAMED_FROM_TABLE[function]:
+        if rosctr == ROSCTR_JOB and function in MARKED_FUNCTIONS:
             return _job_operation(name, function, pdu[header_len : header_len + parlg]) or name
         return name
     if rosctr == ROSCTR_USERDATA:
