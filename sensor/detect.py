@@ -400,8 +400,11 @@ PCAP_RECORD = struct.Struct("<IIII")  # seconds, nanoseconds, captured length, o
 PCAP_MAGIC_NS = 0xA1B23C4D  # nanosecond timestamps
 
 
-def pcap_file(linktype: int, frames) -> bytes:
-    """The frames of an occurrence as a pcap file (nanosecond timestamps), as tshark and Wireshark read it."""
+def pcap_file(linktype: int, frames) -> bytes | None:
+    """The frames of an occurrence as a pcap file (nanosecond timestamps), as tshark and Wireshark read it;
+    None without frames."""
+    if not frames:
+        return None
     out = [PCAP_HEADER.pack(PCAP_MAGIC_NS, 2, 4, 0, 0, 262144, linktype)]
     for stamp, frame in frames:
         seconds, nanoseconds = divmod(stamp, 1_000_000_000)

@@ -462,13 +462,14 @@ class FlowTable:
 
     def _occurred(self, flow: Flow, operation: Operation) -> None:
         """An operational command: its occurrence, with the frame that completed its PDU."""
-        if self.frame is None:  # only the per-packet path reads operational PDUs (deliver_run refuses)
-            raise RuntimeError("an operational command outside the per-packet path")
-        stamp, frame = self.frame
+        if self.frame is None:  # not the per-packet path (deliver_run refuses these): no frame to keep
+            stamp, frames = self.now_ns, ()
+        else:
+            stamp, frame = self.frame
+            frames = ((stamp, bytes(frame)),)
         self.table.add_operation(
-            (stamp, flow.client, flow.server, *operation, operation.category, operation.detail, self.linktype,
-             ((stamp, bytes(frame)),))
-        )  # fmt: skip
+            (stamp, flow.client, flow.server, *operation, operation.category, operation.detail, self.linktype, frames)
+        )
 
     # -- the fast path's writes: what process() does to flows, for packets the fast path took ----------
 
