@@ -433,3 +433,65 @@ def test_nmap_scan_is_detected_and_its_source_marked_scanner(tmp_path):
         assert marked == {scanner_ip}
     finally:
         store.close()
+
+
+# --- ADS and UMAS: crafted sessions (no real capture holds them) -----------------------------------
+
+
+def test_ads_write_control_and_umas_raise_stop_start_and_download(tmp_path, tshark):
+    from scapy.all import IP, TCP, Ether, Raw, wrpcap
+
+    from .test_fastpath import PAYLOADS
+
+    station, plc = "10.9.0.1", "10.9.0.2"
+    ads_stop = bytearray(PAYLOADS["ads write control run"])
+    ads_stop[38] = 6  # ADS state STOP
+    umas = {code: bytes.fromhex(f"000{n}00000004005a00{code:02x}") for n, code in enumerate((0x41, 0x40, 0x30, 0x31))}
+    frames, stamp = [], 1_700_000_000.0
+
+    def session(port, payloads):
+        nonlocal stamp
+        seq, ack = 1000, 5000
+        link = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        back = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
+        for packet in (
+            link / IP(src=station, dst=plc) / TCP(sport=40000 + port % 1000, dport=port, flags="S", seq=seq - 1),
+            back / IP(src=plc, dst=station) / TCP(sport=port, dport=40000 + port % 1000, flags="SA", seq=ack - 1),
+        ):
+            packet.time = stamp
+            stamp += 0.001
+            frames.append(packet)
+        for payload in payloads:
+            packet = link / IP(src=station, dst=plc) / TCP(sport=40000 + port % 1000, dport=port, flags="PA", seq=seq,
+                                                            ack=ack) / Raw(payload)  # fmt: skip
+            packet.time = stamp
+            stamp += 1.0
+            seq += len(payload)
+            frames.append(packet)
+
+    session(48898, [PAYLOADS["ads write control run"], bytes(ads_stop)])
+    session(502, list(umas.values()))
+    capture = tmp_path / "crafted.pcap"
+    wrpcap(str(capture), frames)
+    store = ingest([capture], tmp_path / "c.duckdb")
+    try:
+        alerts = serialize.alerts(store.cursor(), 2)
+        found = sorted((a["title"], a["count"], a["additionalInformation"]["information"][2]) for a in alerts)
+        assert found == [
+            ("PLC Start command", 2, "detail: ADS state RUN (5), device state 0"),
+            ("PLC Stop command", 2, "detail: ADS state STOP (6), device state 0"),
+            ("Program download", 2, "detail: UMAS 0x30 initialize download"),
+        ]
+        client, headers = api(store)
+        devices = {d["ipAddresses"][0]: d for d in client.get("/api/v1/devices", headers=headers).get_json()}
+        assert devices[station]["engineeringStation"] and not devices[plc]["engineeringStation"]
+        assert devices[plc]["addresses"] == {"ams": ["10.11.12.13.1.1"], "modbus": ["0"]}
+        assert devices[station]["addresses"] == {"ams": ["5.6.7.8.1.1"]}
+        start = next(a for a in alerts if a["title"] == "PLC Start command")
+        pcap = tmp_path / "start.pcap"
+        pcap.write_bytes(client.get(f"/api/v2/alerts/pcap/{start['id']}", headers=headers).data)
+        info = subprocess.run([tshark, "-r", str(pcap), "-T", "fields", "-e", "ams.cmdid", "-e", "ams.ads_state"],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert info.split() == ["5", "0x0005"], info  # Write Control, ADS state RUN
+    finally:
+        store.close()
