@@ -108,10 +108,10 @@ class Engine:
             _read_tcp(headers, indices) if headers is not None else repeat(None),
         )
         flows = self.flows
-        flows.linktype = linktype
+        flows.linktype, flows.frames = linktype, data
         try:
             for offset, caplen, stamp, wirelen, fields in rows:
-                flows.frame = (stamp, data[offset : offset + caplen])  # evidence of an operational command
+                flows.frame = (stamp, offset, caplen)  # evidence of an operational command, if one is read
                 if fields is not None:
                     src, dst, sport, dport, flags, seq, start, length = fields
                     packet = Packet(
@@ -131,7 +131,7 @@ class Engine:
                         continue
                 process(packet, stamp, wirelen)
         finally:
-            flows.frame = None  # no view of the batch outlives it (replay unmaps its pages)
+            flows.frame = flows.frames = None  # no view of the batch outlives it (replay unmaps its pages)
 
     def process_frame(self, linktype: int, frame: bytes, ts_ns: int, wirelen: int | None = None) -> None:
         """One frame through the per-packet path (tests and callers without batches)."""

@@ -105,9 +105,11 @@ class FlowTable:
         self.plain_udp = 0  # UDP flows on no analyzer's port (the fast path's stateless UDP checks these)
         self.now_ns = 0
         self._candidates: dict[tuple[int, int, int], tuple[Analyzer, ...]] = {}
-        # The frame the per-packet path is reading, (timestamp ns, bytes) and its link type, set by the
-        # engine around process(): an operational command's occurrence keeps it as evidence.
-        self.frame: tuple[int, memoryview] | None = None
+        # The frame the per-packet path is reading — (timestamp ns, offset, length) in ``frames``, the
+        # batch's buffer — and its link type, set by the engine around process(): an operational
+        # command's occurrence keeps a copy of it as evidence.
+        self.frame: tuple[int, int, int] | None = None
+        self.frames: memoryview | None = None
         self.linktype = 1
 
     def __len__(self) -> int:
@@ -465,8 +467,8 @@ class FlowTable:
         if self.frame is None:  # not the per-packet path (deliver_run refuses these): no frame to keep
             stamp, frames = self.now_ns, ()
         else:
-            stamp, frame = self.frame
-            frames = ((stamp, bytes(frame)),)
+            stamp, offset, length = self.frame
+            frames = ((stamp, bytes(self.frames[offset : offset + length])),)
         self.table.add_operation(
             (stamp, flow.client, flow.server, *operation, operation.category, operation.detail, self.linktype, frames)
         )

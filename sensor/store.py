@@ -165,6 +165,7 @@ class Store:
             if row is None and last > 0:
                 changes.new_devices.append((device_id, first))
             ids[address] = device_id
+            changes.ip_of[device_id] = text
             columns["id"].append(device_id)
             columns["ip"].append(text)
             columns["macs"].append(sorted(macs))
