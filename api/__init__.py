@@ -42,7 +42,7 @@ def create_app(store, settings: dict | None = None) -> Flask:
     """The API over ``store`` (a sensor.store.Store); ``settings`` override DEFAULT_SETTINGS."""
     from flask import Flask
 
-    from . import auth, connections, devices, errors, health, openapi
+    from . import alerts, auth, connections, devices, errors, health, openapi
     from .etag import Validators
 
     unknown = set(settings or {}) - set(DEFAULT_SETTINGS)
@@ -69,7 +69,7 @@ def create_app(store, settings: dict | None = None) -> Flask:
     app.after_request(_headers)
     app.after_request(context.metrics.finish)
     errors.register(app)
-    for module in (connections, devices, openapi, health):
+    for module in (connections, devices, openapi, health, alerts):
         app.register_blueprint(module.blueprint)
     return app
 

@@ -17,7 +17,7 @@ from flask import Flask, current_app, g, request
 
 from .errors import ApiError
 
-API_PREFIX = "/api/v1/"
+API_PREFIX = ("/api/v1/", "/api/v2/")  # v2: the alerts endpoints (CONTRACT section 4)
 OPEN_PATHS = {"/api/v1/openapi.json"}  # the OpenAPI document needs no token
 MAX_TOKEN_LENGTH = 256  # ours are 43 characters; anything far longer is not one, so no hash work for it
 MAX_NAME_LENGTH = 64

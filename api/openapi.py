@@ -44,6 +44,69 @@ CONNECTION_FIELDS = {
     "ports": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 65535}},
     "protocols": {"type": "array", "items": _ref("Protocol")},
 }
+ALERT_FIELDS = {
+    "id": INTEGER,
+    "time": {**EPOCH_MS, "description": "epoch ms of the triggering packet"},
+    "title": {"type": "string"},
+    "message": {"type": "string"},
+    "severity": {"type": "string", "enum": ["Warning", "Minor", "Major", "Critical"]},
+    "engine": {"type": "string", "enum": ["Policy Violation", "Protocol Violation", "Anomaly", "Operational"]},
+    "sourceDevice": {**INTEGER, "nullable": True},
+    "destinationDevice": {**INTEGER, "nullable": True},
+    "additionalInformation": {
+        "type": "object",
+        "required": ["description", "information"],
+        "additionalProperties": False,
+        "properties": {"description": {"type": "string"}, "information": STRINGS},
+    },
+    "handled": {"type": "boolean"},
+    "count": {"type": "integer", "minimum": 1, "description": "occurrences counted on this alert (dedup window)"},
+    "lastTime": {**EPOCH_MS, "description": "epoch ms of the latest occurrence counted"},
+}
+ALERT_V2_FIELDS = {
+    "sourceDeviceAddress": NULLABLE_STRING,
+    "destinationDeviceAddress": NULLABLE_STRING,
+    "remediationSteps": STRINGS,
+}
+ALERT_SCHEMAS = {
+    "Alert": {
+        "type": "object",
+        "required": list(ALERT_FIELDS),
+        "additionalProperties": False,
+        "properties": ALERT_FIELDS,
+    },
+    "AlertV2": {
+        "type": "object",
+        "required": [*ALERT_FIELDS, *ALERT_V2_FIELDS],
+        "additionalProperties": False,
+        "properties": {**ALERT_FIELDS, **ALERT_V2_FIELDS},
+    },
+    "Event": {
+        "type": "object",
+        "required": ["timestamp", "type", "title", "severity", "owner", "content"],
+        "additionalProperties": False,
+        "properties": {
+            "timestamp": EPOCH_MS,
+            "type": {
+                "type": "string",
+                "enum": [
+                    "DEVICE_CREATED",
+                    "DEVICE_CONNECTION_CREATED",
+                    "PROTOCOL_COMMAND_CREATED",
+                    "PROGRAM_DEVICE",
+                    "PLC_STATE_CHANGE",
+                    "FIRMWARE_CHANGE",
+                    "ALERT_HANDLED",
+                ],
+            },  # fmt: skip
+            "title": {"type": "string"},
+            "severity": {"type": "string", "enum": ["INFO", "NOTICE", "ALERT"]},
+            "owner": {"type": "string"},
+            "content": {"type": "string"},
+        },
+    },
+}
+
 SCHEMAS = {
     "Error": {
         "type": "object",
@@ -140,8 +203,17 @@ SCHEMAS = {
             },
             "firstSeen": EPOCH_MS,
             "lastSeen": EPOCH_MS,
+            "engineeringStation": {"type": "boolean", "description": "it sent programming or stop/start commands"},
+            "scanner": {"type": "boolean", "description": "it probed many devices or ports in a short time"},
+            "authorized": {"type": "boolean", "description": "seen during learning, or learned"},
+            "addresses": {
+                "type": "object",
+                "description": "per protocol: Modbus unit ids, S7 rack/slot, AMS Net Ids",
+                "additionalProperties": STRINGS,
+            },
         },
     },
+    **ALERT_SCHEMAS,
     "Health": {
         "type": "object",
         "required": ["status", "mode", "interfaces", "packets", "kernelDrops", "lastFlush", "storage"],
@@ -214,6 +286,28 @@ PARAMETERS = {
         "description": "only connections discovered strictly after this epoch ms",
         "schema": EPOCH_MS,
     },
+    "alertId": {"name": "alertId", "in": "path", "required": True, "schema": INTEGER},
+    "state": {
+        "name": "state",
+        "in": "query",
+        "description": "handled or unhandled alerts only",
+        "schema": {"type": "string", "enum": ["handled", "unhandled"]},
+    },
+    "fromTime": {
+        "name": "fromTime",
+        "in": "query",
+        "description": "alerts at or after this epoch ms",
+        "schema": EPOCH_MS,
+    },
+    "toTime": {"name": "toTime", "in": "query", "description": "alerts at or before this epoch ms", "schema": EPOCH_MS},
+    "alertType": {"name": "type", "in": "query", "description": "alerts of this title", "schema": {"type": "string"}},
+    "minutesTimeFrame": {
+        "name": "minutesTimeFrame",
+        "in": "query",
+        "description": "events of the last M minutes (at most 4320); without it, the latest 1,000",
+        "schema": {"type": "integer", "minimum": 0, "maximum": 4320},
+    },
+    "eventType": {"name": "type", "in": "query", "description": "events of this type", "schema": {"type": "string"}},
     "ifNoneMatch": {
         "name": "If-None-Match",
         "in": "header",
@@ -302,6 +396,61 @@ DOCUMENT = {
             },
             ("deviceIdPath", "ifNoneMatch"),
             operation_id="getDevice",
+        ),
+        "/api/v1/alerts": _get(
+            "Alerts, by id; filters combine with AND",
+            {"200": _json("alerts", {"type": "array", "items": _ref("Alert")}, etag=True), **NOT_MODIFIED, **ERRORS},
+            ("state", "fromTime", "toTime", "alertType", "ifNoneMatch"),
+            operation_id="listAlerts",
+        ),
+        "/api/v2/alerts": _get(
+            "Alerts with the devices' addresses and remediation steps",
+            {"200": _json("alerts", {"type": "array", "items": _ref("AlertV2")}, etag=True), **NOT_MODIFIED, **ERRORS},
+            ("state", "fromTime", "toTime", "alertType", "ifNoneMatch"),
+            operation_id="listAlertsV2",
+        ),
+        "/api/v1/alerts/{alertId}": {
+            "put": {
+                "summary": "Handle an alert; handleAndLearn also makes its activity authorized",
+                "operationId": "handleAlert",
+                "parameters": _parameters("alertId"),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["action"],
+                                "properties": {"action": {"type": "string", "enum": ["handle", "handleAndLearn"]}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json("the alert, handled", _ref("Alert"), etag=True),
+                    "404": _error("no such alert"),
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/v2/alerts/pcap/{alertId}": _get(
+            "The frames that triggered the alert, as a pcap file",
+            {
+                "200": {
+                    "description": "pcap file",
+                    "content": {"application/vnd.tcpdump.pcap": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "404": _error("no such alert, or an alert without packet evidence"),
+                **ERRORS,
+            },
+            ("alertId",),
+            operation_id="getAlertPcap",
+        ),
+        "/api/v1/events": _get(
+            "Events, newest first",
+            {"200": _json("events", {"type": "array", "items": _ref("Event")}, etag=True), **NOT_MODIFIED, **ERRORS},
+            ("minutesTimeFrame", "eventType", "ifNoneMatch"),
+            operation_id="listEvents",
         ),
         "/api/v1/openapi.json": _get(
             "This document",

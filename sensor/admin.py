@@ -137,6 +137,20 @@ def devices(holder: Holder, _args: dict) -> str:
     return serialize.dumps(serialize.devices(holder.store.cursor())) + "\n"
 
 
+def alerts(holder: Holder, args: dict) -> str:
+    state = args.get("state")
+    if state is not None and state not in serialize.ALERT_STATES:
+        raise AdminError(f"--state must be handled or unhandled, not {state!r}")
+    return serialize.dumps(serialize.alerts(holder.store.cursor(), 1, serialize.AlertFilter(state=state))) + "\n"
+
+
+def alert_handle(holder: Holder, args: dict) -> str:
+    number = args.get("id")
+    if not isinstance(number, int) or not holder.store.handle_alert(number, learn=bool(args.get("learn"))):
+        raise AdminError(f"no alert {number} in {holder.store.path}")
+    return serialize.dumps(serialize.alerts(holder.store.cursor(), 1, ids=[number])[0]) + "\n"
+
+
 def _size(count: int) -> str:
     return f"{count / 1e6:,.1f} MB" if count >= 1e6 else f"{count / 1e3:,.1f} kB"
 
@@ -264,6 +278,8 @@ COMMANDS: dict[str, Command] = {
     "token-revoke": Command(token_revoke),
     "connections": Command(connections),
     "devices": Command(devices),
+    "alerts": Command(alerts),
+    "alert-handle": Command(alert_handle),
     "status": Command(status, daemon_only=True, seconds=30.0),
     "export": Command(export, seconds=3600.0),
 }

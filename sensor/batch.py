@@ -266,20 +266,17 @@ class FastPath:
         cuts = np.flatnonzero(np.r_[True, pair_of[order][1:] != pair_of[order][:-1]])
         low = np.minimum.reduceat(stamps[order], cuts)
         high = np.maximum.reduceat(stamps[order], cuts)
-        table = self.flows.table
-        connections = []
-        rows = zip(
-            address_bytes(clients), address_bytes(servers), packets.tolist(), size.tolist(), low.tolist(), high.tolist()
-        )
-        for c, v, n, b, first, last in rows:
-            connection = table.connection(c, v)
-            connection.packets += n
-            connection.bytes += int(b)
-            connection.discovered_ns = min(connection.discovered_ns, first)
-            connection.last_seen_ns = max(connection.last_seen_ns, last)
-            connections.append(connection)
+        ports: list[list[int]] = [[] for _ in range(len(clients))]
         for key in _distinct(pair_of * 65536 + server_port):
-            connections[key >> 16].ports.add(key & 0xFFFF)
+            ports[key >> 16].append(key & 0xFFFF)
+        flowless = self.flows.flowless
+        rows = zip(
+            address_bytes(clients), address_bytes(servers), ports, packets.tolist(), size.tolist(), low.tolist(),
+            high.tolist(),
+        )  # fmt: skip
+        for c, v, pair_ports, n, b, first, last in rows:
+            flowless(c, v, pair_ports, n, int(b), first, last)
+        table = self.flows.table
         # each sender's MAC, as the flow table records the first MAC of each direction
         raw = np.frombuffer(batch.data, dtype=np.uint8)
         words = _rows(raw, batch.offsets[frames] + 4, 8).view(">u8")[:, 0]  # frames are >= 42 bytes
@@ -294,8 +291,6 @@ class FastPath:
             if (address, mac) not in recorded:  # the same DNS clients and servers, chunk after chunk
                 recorded.add((address, mac))
                 table.add_mac(address, mac.to_bytes(6, "big"))
-        if high.max() > self.flows.now_ns:
-            self.flows.now_ns = int(high.max())
 
     def _recorded_macs(self, table) -> set:
         """(address, MAC) pairs stateless() gave ``table`` already (a new table, after a delta was
@@ -573,9 +568,9 @@ class FastPath:
             ends = (seq[positions] + lengths) & SEQ_MASK
             # Each stream continues after its fast prefix: single PDUs first, then the run.
             last_taken = taken & ~np.r_[taken[1:] & (g[1:] == g[:-1]), False]
+            took = self.flows.took
             for j, end in zip(g[last_taken].tolist(), ends[last_taken].tolist()):
-                streams[j].next_seq = end
-                streams[j].errors = 0  # a PDU read
+                took(streams[j], end)
             fast[positions[taken]] = True
             if named.any():
                 # one (flow, command) per flow, both directions together: flow index, analyzer, code
@@ -594,8 +589,9 @@ class FastPath:
                 )
 
         handled = bulk | fast
+        close = self.flows.close
         for j in _distinct(group[handled & control]):
-            owners[j].closed = True  # what FlowTable._control does with a FIN or RST
+            close(owners[j])
         leftover = ~self._taken
         leftover[frames[handled]] = False
         if done is not None:
@@ -644,13 +640,11 @@ class FastPath:
         deliver = self.flows.deliver_run
         for low, high in zip(cuts[:-1], cuts[1:]):
             j = groups[low]
-            stream = streams[j]
             if high - low == 1:
                 piece = data[starts[low] : starts[low] + lengths[low]]
             else:
                 piece = b"".join([data[s : s + n] for s, n in zip(starts[low:high], lengths[low:high])])
-            if deliver(owners[j], stream, piece):
-                stream.next_seq = ends[high - 1]
+            if deliver(owners[j], streams[j], piece, ends[high - 1]):
                 fast[positions[low:high]] = True
 
     def finish(self, deferred) -> None:
@@ -658,23 +652,16 @@ class FastPath:
         if not deferred:
             return
         update, commands = deferred
-        flows = self.flows
+        count, name = self.flows.count, self.flows.name
         for flow, n, size, low, high in update:
-            if flow.packets:
-                if low < flow.first_ns:
-                    flow.first_ns = low
-                if high > flow.last_ns:
-                    flow.last_ns = high
-            else:
-                flow.first_ns, flow.last_ns = low, high
-            flow.packets += n
-            flow.bytes += size
-            if high > flows.now_ns:
-                flows.now_ns = high
-        table = flows.table
-        for flow, (name, command) in commands:
-            protocols = table.connection(flow.client, flow.server).protocols
-            names = protocols.get(name)
-            if names is None:
-                names = protocols[name] = set()
-            names.add(command)
+            count(flow, n, size, low, high)
+        # commands come flow by flow (split() lists them by flow index): one call per flow
+        previous, pairs = None, []
+        for flow, pair in commands:
+            if flow is not previous:
+                if pairs:
+                    name(previous, pairs)
+                previous, pairs = flow, []
+            pairs.append(pair)
+        if pairs:
+            name(previous, pairs)

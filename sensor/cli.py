@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--db", default=DEFAULT_DB, help=DB_HELP + "; made if missing")
     replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     replay.add_argument("--force", action="store_true", help="read files ingested before again (counters add up)")
+    replay.add_argument("--config", metavar="FILE", help="TOML settings (learning_hours, alert_dedup_minutes ...)")
 
     connections = commands.add_parser("connections", help="print the connections JSON the API serves")
     connections.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
@@ -89,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_admin_socket(export)
 
+    alerts = commands.add_parser("alerts", help="print the alerts JSON the API serves; `alerts handle ID`")
+    alerts.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    alerts.add_argument("--state", choices=("handled", "unhandled"))
+    add_admin_socket(alerts)
+    alert_commands = alerts.add_subparsers(dest="alert_command", metavar="handle")
+    handle = alert_commands.add_parser("handle", help="mark an alert handled (--learn: authorize its activity)")
+    handle.add_argument("id", type=_non_negative, metavar="ID")
+    handle.add_argument("--learn", action="store_true")
+    handle.add_argument("--db", default=argparse.SUPPRESS, help=DB_HELP.replace("%(default)s", DEFAULT_DB))
+    handle.add_argument("--admin-socket", default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS)
+
     run = commands.add_parser("run", help="the live daemon: capture, scheduled flushes and the API")
     add_run_arguments(run)
 
@@ -97,10 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_replay(args) -> int:
+    from .detect import Detector
     from .replay import existing_paths, format_summary, replay
+    from .settings import SettingsError, load
 
     existing_paths(args.paths)
-    store = Store(args.db)
+    try:
+        settings = load(args.config) if args.config else None
+    except SettingsError as error:
+        raise UsageError(str(error)) from None
+    store = Store(args.db, detector=Detector.from_settings(settings) if settings else None)
     try:
         summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty(), force=args.force)
     except BaseException:
@@ -155,6 +173,12 @@ def cmd_export(args) -> int:
     return run_admin(args, "export", format=args.format, out=str(out))
 
 
+def cmd_alerts(args) -> int:
+    if args.alert_command == "handle":
+        return run_admin(args, "alert-handle", id=args.id, learn=args.learn)
+    return run_admin(args, "alerts", state=args.state)
+
+
 def cmd_run(args) -> int:
     from .daemon import run
     from .settings import SettingsError, load, overrides_from_args
@@ -172,6 +196,7 @@ COMMANDS = {
     "devices": cmd_devices,
     "status": cmd_status,
     "export": cmd_export,
+    "alerts": cmd_alerts,
     "run": cmd_run,
     **api_commands.COMMANDS,
 }

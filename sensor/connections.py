@@ -40,7 +40,7 @@ class Connection:
 class Device:
     """Facts about one IP address since the last flush."""
 
-    __slots__ = ("macs", "first_seen_ns", "last_seen_ns", "roles", "identity")
+    __slots__ = ("macs", "first_seen_ns", "last_seen_ns", "roles", "identity", "addresses")
 
     def __init__(self) -> None:
         self.macs: set[str] = set()
@@ -48,6 +48,7 @@ class Device:
         self.last_seen_ns = -1
         self.roles: set[str] = set()  # "modbus:server", "http:client" ...
         self.identity: dict[str, str] = {}
+        self.addresses: dict[str, set[str]] = {}  # protocol -> its addresses ("modbus" -> unit ids ...)
 
     def merge(self, other: Device) -> None:
         self.macs |= other.macs
@@ -55,6 +56,8 @@ class Device:
         self.last_seen_ns = max(self.last_seen_ns, other.last_seen_ns)
         self.roles |= other.roles
         merge_identity(self.identity, other.identity)  # the greater value wins: merge order is irrelevant
+        for protocol, addresses in other.addresses.items():
+            self.addresses.setdefault(protocol, set()).update(addresses)
 
     def saw(self, first_ns: int, last_ns: int) -> None:
         if first_ns < self.first_seen_ns:
@@ -64,6 +67,15 @@ class Device:
 
 
 MAX_MACS = 16  # a router's address behind many MACs is still one device; keep the list readable
+MAX_ADDRESSES = 16  # per protocol and device (a gateway's Modbus unit ids)
+# Operational command occurrences kept per delta: rare by nature (a stop, a download's blocks); a
+# flood beyond this is counted in ``operations_dropped``, and the alerts it would raise are open already.
+MAX_OPERATIONS = 512
+
+# An occurrence, as the delta carries it (plain tuples cross the worker pipe cheaply):
+# (time ns, initiator address, responder address, protocol, command, category, detail, link type,
+#  ((frame time ns, frame bytes), ...))
+Occurrence = tuple
 
 
 def ip_text(address: bytes) -> str:
@@ -80,6 +92,8 @@ class ConnectionTable:
     def __init__(self) -> None:
         self.connections: dict[tuple[bytes, bytes], Connection] = {}
         self.devices: dict[bytes, Device] = {}
+        self.operations: list[Occurrence] = []  # operational commands, each occurrence once
+        self.operations_dropped = 0
 
     def connection(self, client: bytes, server: bytes) -> Connection:
         key = (client, server)
@@ -99,11 +113,28 @@ class ConnectionTable:
         if len(macs) < MAX_MACS:
             macs.add(mac_text(mac))
 
+    def add_address(self, address: bytes, protocol: str, value: str) -> None:
+        addresses = self.device(address).addresses.setdefault(protocol, set())
+        if len(addresses) < MAX_ADDRESSES:
+            addresses.add(value)
+
+    def add_operation(self, occurrence: Occurrence) -> None:
+        if len(self.operations) < MAX_OPERATIONS:
+            self.operations.append(occurrence)
+        else:
+            self.operations_dropped += 1
+
     def merge(self, other: ConnectionTable) -> None:
+        """Join another delta.  Occurrences are disjoint (each packet is read by one worker, once), so
+        they are concatenated; the store keys each by its time, pair and command, so a delta merged
+        twice (a flush retried) still raises each alert once."""
         for key, record in other.connections.items():
             self.connection(*key).merge(record)
         for key, record in other.devices.items():
             self.device(key).merge(record)
+        for occurrence in other.operations:
+            self.add_operation(occurrence)
+        self.operations_dropped += other.operations_dropped
 
     def derive_devices(self) -> None:
         """Each endpoint of a connection is a device seen then, in the role its protocols show."""

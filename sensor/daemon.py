@@ -46,6 +46,7 @@ import threading
 import time
 import traceback
 from dataclasses import replace
+from pathlib import Path
 
 from .capture import Capture, CaptureUnavailable, compile_bpf, prepare_passive_interface
 from .connections import Connection, ConnectionTable, Device
@@ -76,18 +77,21 @@ _connection_values = operator.attrgetter(*_CONNECTION_FIELDS)
 _device_values = operator.attrgetter(*_DEVICE_FIELDS)
 
 
-def table_to_wire(table: ConnectionTable) -> tuple[list, list]:
-    """A ConnectionTable as (connections, devices): lists of (key, *field values) in __slots__ order."""
+def table_to_wire(table: ConnectionTable) -> tuple[list, list, list, int]:
+    """A ConnectionTable as (connections, devices, operations, operations dropped): lists of (key,
+    *field values) in __slots__ order, and the operational occurrences (tuples already)."""
     return (
         [(key, *_connection_values(record)) for key, record in table.connections.items()],
         [(key, *_device_values(record)) for key, record in table.devices.items()],
+        table.operations,
+        table.operations_dropped,
     )
 
 
 def table_from_wire(wire: tuple[list, list]) -> ConnectionTable:
     """The inverse of :func:`table_to_wire`."""
     table = ConnectionTable()
-    connections, devices = wire
+    connections, devices, table.operations, table.operations_dropped = wire
     for key, *values in connections:
         record = table.connections[key] = Connection()
         for name, value in zip(_CONNECTION_FIELDS, values):
@@ -306,6 +310,7 @@ class Daemon:
     def __init__(self, settings: Settings, store, reload_settings=None) -> None:
         """``reload_settings()``: the settings as they are now (file and flags), read again on SIGHUP."""
         self.settings, self.store, self.reload_settings = settings, store, reload_settings
+        self.forwarder = None  # alerts to a SIEM (sensor/forward.py), set by _apply_forwarding
         self.ctx = multiprocessing.get_context("spawn")
         self.stopping = threading.Event()
         self.collecting = True  # the collector ends when this is False and every report pipe has ended
@@ -674,6 +679,20 @@ class Daemon:
         elif job is not None:
             job.remove()
 
+    def _apply_forwarding(self, section: dict | None) -> None:
+        """Replace the SIEM forwarder (None: stop forwarding); the old one hands its queue to its spool,
+        which the new one, spooling in the same folder, reads back."""
+        from .forward import Forwarder
+
+        old = self.forwarder
+        if old is not None:
+            self.store.detector.on_alert.remove(old.send)
+            old.close()
+        state_dir = Path(self.settings.db).resolve().parent
+        self.forwarder = Forwarder.from_settings({"forwarding": section}, state_dir) if section else None
+        if self.forwarder is not None:
+            self.store.detector.on_alert.append(self.forwarder.send)
+
     def _apply_rate_limit(self, limit: int) -> None:
         from api.auth import RateLimiter
 
@@ -818,6 +837,7 @@ def run(settings: Settings, reload_settings=None) -> int:
     except SettingsError as error:
         print(f"otsensor: {error}", file=sys.stderr)
         return 2
+    from .detect import Detector
     from .store import Store, StoreError  # DuckDB: the main process's alone
 
     try:
@@ -828,13 +848,16 @@ def run(settings: Settings, reload_settings=None) -> int:
         print(f"otsensor: cannot prepare the capture interfaces: {error}", file=sys.stderr)
         return 2
     try:
-        store = Store(settings.db)
+        store = Store(settings.db, detector=Detector.from_settings(settings))
     except StoreError as error:
         print(f"otsensor: {error}", file=sys.stderr)
         return 2
+    daemon = Daemon(settings, store, reload_settings)
     try:
-        return Daemon(settings, store, reload_settings).serve()
+        daemon._apply_forwarding(settings.forwarding)  # alerts to a SIEM as they are raised ([forwarding])
+        return daemon.serve()
     finally:
+        daemon._apply_forwarding(None)  # delivers what is queued, spools the rest for the next start
         store.close()
 
 

@@ -107,25 +107,31 @@ class Engine:
             batch.wirelens[indices].tolist(),
             _read_tcp(headers, indices) if headers is not None else repeat(None),
         )
-        for offset, caplen, stamp, wirelen, fields in rows:
-            if fields is not None:
-                src, dst, sport, dport, flags, seq, start, length = fields
-                packet = Packet(
-                    src, dst, IPPROTO_TCP, sport, dport, flags, seq, data[start : start + length],
-                    bytes(data[offset + 6 : offset + 12]),
-                )  # fmt: skip
-            else:
-                try:
-                    packet = decode(linktype, data[offset : offset + caplen])
-                except DecodeError as error:
-                    errors[error.layer] = errors.get(error.layer, 0) + 1
-                    continue
-                except (struct.error, ValueError, IndexError):  # a header the checks above did not foresee
-                    errors["decode"] = errors.get("decode", 0) + 1
-                    continue
-                if packet is None:
-                    continue
-            process(packet, stamp, wirelen)
+        flows = self.flows
+        flows.linktype, flows.frames = linktype, data
+        try:
+            for offset, caplen, stamp, wirelen, fields in rows:
+                flows.frame = (stamp, offset, caplen)  # evidence of an operational command, if one is read
+                if fields is not None:
+                    src, dst, sport, dport, flags, seq, start, length = fields
+                    packet = Packet(
+                        src, dst, IPPROTO_TCP, sport, dport, flags, seq, data[start : start + length],
+                        bytes(data[offset + 6 : offset + 12]),
+                    )  # fmt: skip
+                else:
+                    try:
+                        packet = decode(linktype, data[offset : offset + caplen])
+                    except DecodeError as error:
+                        errors[error.layer] = errors.get(error.layer, 0) + 1
+                        continue
+                    except (struct.error, ValueError, IndexError):  # a header the checks above did not foresee
+                        errors["decode"] = errors.get("decode", 0) + 1
+                        continue
+                    if packet is None:
+                        continue
+                process(packet, stamp, wirelen)
+        finally:
+            flows.frame = flows.frames = None  # no view of the batch outlives it (replay unmaps its pages)
 
     def process_frame(self, linktype: int, frame: bytes, ts_ns: int, wirelen: int | None = None) -> None:
         """One frame through the per-packet path (tests and callers without batches)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .connections import ConnectionTable
 from .decode import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
-from .protocols import Analyzer, Malformed, merge_identity
+from .protocols import Analyzer, Malformed, Operation, merge_identity
 from .protocols.registry import ANALYZERS, SERVER_PORTS
 
 SEQ_MASK = 0xFFFFFFFF
@@ -105,6 +105,12 @@ class FlowTable:
         self.plain_udp = 0  # UDP flows on no analyzer's port (the fast path's stateless UDP checks these)
         self.now_ns = 0
         self._candidates: dict[tuple[int, int, int], tuple[Analyzer, ...]] = {}
+        # The frame the per-packet path is reading — (timestamp ns, offset, length) in ``frames``, the
+        # batch's buffer — and its link type, set by the engine around process(): an operational
+        # command's occurrence keeps a copy of it as evidence.
+        self.frame: tuple[int, int, int] | None = None
+        self.frames: memoryview | None = None
+        self.linktype = 1
 
     def __len__(self) -> int:
         return len(self.entries) // 2
@@ -316,16 +322,20 @@ class FlowTable:
             return
         self._parse(flow, flow.streams[0] is stream, stream)
 
-    def deliver_run(self, flow: Flow, stream: Stream, data: memoryview | bytes) -> bool:
-        """The bytes of several in-order segments of a decided flow at once (the fast path's runs).
+    def deliver_run(self, flow: Flow, stream: Stream, data: memoryview | bytes, next_seq: int | None = None) -> bool:
+        """The bytes of several in-order segments of a decided flow at once (the fast path's runs);
+        ``next_seq``: where the stream continues after them.
 
         Analyzers frame PDUs by their own lengths and read only complete ones, so one parse of the
         whole gives what parses segment by segment give.  Only their resynchronisation after a
-        malformed PDU is per segment: if the parse fails, nothing is changed and False is returned —
-        the segments then go through :meth:`process` one by one."""
+        malformed PDU is per segment, and an operational command's occurrence keeps the frame that
+        carried it: if the parse fails or holds such a command, nothing is changed and False is
+        returned — the segments then go through :meth:`process` one by one."""
         skip = stream.skip
         if skip >= len(data):
             stream.skip = skip - len(data)
+            if next_seq is not None:
+                stream.next_seq = next_seq
             return True
         if skip:
             data = data[skip:]
@@ -346,12 +356,17 @@ class FlowTable:
                 merge_identity(identity, facts)
         except (Malformed, ValueError, IndexError, KeyError, UnicodeError):
             return False
+        for command in commands:
+            if command.__class__ is Operation:
+                return False  # its occurrence needs its frame: the per-packet path reads it
         if consumed >= len(buf):
             stream.buf, stream.skip = b"", consumed - len(buf)
         else:
             stream.buf, stream.skip = buf[consumed:], 0
         if consumed:
             stream.errors = 0
+        if next_seq is not None:
+            stream.next_seq = next_seq
         if commands or identity:
             self._record(flow, to_server, commands, identity)
         return True
@@ -376,11 +391,22 @@ class FlowTable:
         if not flow.candidates or len(forward) > PROBE_LIMIT or len(backward) > PROBE_LIMIT:
             self._decide(flow, NOT_RECOGNISED)
 
-    def _decide(self, flow: Flow, analyzer: Analyzer) -> None:
+    def _decide(self, flow: Flow, analyzer: Analyzer, first: bytes = b"") -> None:
         flow.analyzer, flow.candidates = analyzer, []
         if analyzer is NOT_RECOGNISED:
             for stream in flow.streams:
                 stream.buf, stream.pending = b"", {}
+            return
+        # The protocol's own addresses, from the initiator's bytes that decided the flow: only this
+        # (per-packet) path decides flows, so the fast path never has to read them.
+        data = flow.streams[0].buf if flow.streams else first
+        if analyzer.addresses is not None and data:
+            try:
+                found = analyzer.addresses(data)
+            except (ValueError, IndexError):
+                return
+            for side, address in found:
+                self.table.add_address(flow.server if side else flow.client, analyzer.name, address)
 
     def _parse(self, flow: Flow, to_server: bool, stream: Stream) -> None:
         buf = stream.buf
@@ -420,11 +446,14 @@ class FlowTable:
     def _record(self, flow: Flow, to_server: bool, commands: list, identity: dict) -> None:
         connection = self.table.connection(flow.client, flow.server)
         protocols = connection.protocols
-        for name, command in commands:
+        for pair in commands:
+            name, command = pair
             names = protocols.get(name)
             if names is None:
                 names = protocols[name] = set()
             names.add(command)
+            if pair.__class__ is Operation:
+                self._occurred(flow, pair)
         if identity:
             # The greater value wins, as in Device.merge: the result does not depend on the order
             # in which flows (or the fast path's runs) report.
@@ -433,13 +462,73 @@ class FlowTable:
             if agent and (connection.user_agent is None or agent > connection.user_agent):
                 connection.user_agent = agent
 
+    def _occurred(self, flow: Flow, operation: Operation) -> None:
+        """An operational command: its occurrence, with the frame that completed its PDU."""
+        if self.frame is None:  # not the per-packet path (deliver_run refuses these): no frame to keep
+            stamp, frames = self.now_ns, ()
+        else:
+            stamp, offset, length = self.frame
+            frames = ((stamp, bytes(self.frames[offset : offset + length])),)
+        self.table.add_operation(
+            (stamp, flow.client, flow.server, *operation, operation.category, operation.detail, self.linktype, frames)
+        )
+
+    # -- the fast path's writes: what process() does to flows, for packets the fast path took ----------
+
+    def count(self, flow: Flow, packets: int, size: int, first_ns: int, last_ns: int) -> None:
+        """Packets of a flow, as process() counts them one by one."""
+        if flow.packets:
+            if first_ns < flow.first_ns:
+                flow.first_ns = first_ns
+            if last_ns > flow.last_ns:
+                flow.last_ns = last_ns
+        else:
+            flow.first_ns, flow.last_ns = first_ns, last_ns
+        flow.packets += packets
+        flow.bytes += size
+        if last_ns > self.now_ns:
+            self.now_ns = last_ns
+
+    def name(self, flow: Flow, commands: list[tuple[str, str]]) -> None:
+        """Commands named from an analyzer's table: what _record does with them (no identity, never an
+        Operation — batch() leaves operational PDUs to parse)."""
+        protocols = self.table.connection(flow.client, flow.server).protocols
+        for protocol, command in commands:
+            names = protocols.get(protocol)
+            if names is None:
+                names = protocols[protocol] = set()
+            names.add(command)
+
+    def close(self, flow: Flow) -> None:
+        """A FIN or RST, as _control marks it."""
+        flow.closed = True
+
+    @staticmethod
+    def took(stream: Stream, next_seq: int) -> None:
+        """Whole PDUs read up to ``next_seq`` (the fast path's single-PDU segments)."""
+        stream.next_seq = next_seq
+        stream.errors = 0
+
+    def flowless(self, client: bytes, server: bytes, ports, packets: int, size: int, first_ns: int, last_ns: int):
+        """Datagrams of a pair that need no flow (UDP no analyzer wants): counted on the connection."""
+        connection = self.table.connection(client, server)
+        connection.packets += packets
+        connection.bytes += size
+        if first_ns < connection.discovered_ns:
+            connection.discovered_ns = first_ns
+        if last_ns > connection.last_seen_ns:
+            connection.last_seen_ns = last_ns
+        connection.ports.update(ports)
+        if last_ns > self.now_ns:
+            self.now_ns = last_ns
+
     # -- UDP --------------------------------------------------------------------------------------
 
     def _datagram(self, flow: Flow, to_server: bool, payload: bytes) -> None:
         if flow.analyzer is None:
             for analyzer in flow.candidates:
                 if analyzer.probe(payload, to_server):
-                    self._decide(flow, analyzer)
+                    self._decide(flow, analyzer, payload if to_server else b"")
                     break
             else:
                 self._decide(flow, NOT_RECOGNISED)

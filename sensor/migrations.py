@@ -46,6 +46,41 @@ STEPS: list[tuple[int, list[str]]] = [
         ingested BIGINT NOT NULL)"""
         ],
     ),
+    # 3: alerts and events (CONTRACT section 4), the device classification and the learning state.
+    (
+        3,
+        [
+            "CREATE SEQUENCE alert_ids START 1",
+            """CREATE TABLE alerts (
+        id BIGINT NOT NULL PRIMARY KEY, time BIGINT NOT NULL, last_time BIGINT NOT NULL, title VARCHAR NOT NULL,
+        message VARCHAR NOT NULL, severity VARCHAR NOT NULL, engine VARCHAR NOT NULL,
+        source_device BIGINT, destination_device BIGINT, description VARCHAR NOT NULL,
+        information VARCHAR[] NOT NULL, remediation VARCHAR[] NOT NULL, handled BOOLEAN NOT NULL,
+        count BIGINT NOT NULL, dedup_key VARCHAR NOT NULL, pcap BLOB)""",
+            "CREATE INDEX alerts_dedup ON alerts (dedup_key)",
+            # every occurrence counted on an alert, by a key of its own: a delta merged twice, or the
+            # same capture replayed again, counts nothing twice
+            "CREATE TABLE alert_occurrences (key VARCHAR NOT NULL PRIMARY KEY, alert_id BIGINT NOT NULL)",
+            """CREATE TABLE events (
+        id BIGINT NOT NULL, timestamp BIGINT NOT NULL, type VARCHAR NOT NULL, title VARCHAR NOT NULL,
+        severity VARCHAR NOT NULL, owner VARCHAR NOT NULL, content VARCHAR NOT NULL)""",
+            # no index: a first merge writes thousands of events, reads scan (zone maps on timestamp)
+            # what handleAndLearn made authorized: (alert title, source, destination, command)
+            """CREATE TABLE learned (
+        title VARCHAR NOT NULL, source_device BIGINT, destination_device BIGINT, command VARCHAR NOT NULL)""",
+            # the first packet time (ms) the DB ever saw: learning lasts learning_hours from it
+            "CREATE TABLE learning (first_packet BIGINT NOT NULL)",
+            "DROP INDEX devices_id",  # DuckDB alters no table an index depends on
+            "ALTER TABLE devices ADD COLUMN engineering_station BOOLEAN NOT NULL DEFAULT false",
+            "ALTER TABLE devices ADD COLUMN scanner BOOLEAN NOT NULL DEFAULT false",
+            "ALTER TABLE devices ADD COLUMN authorized BOOLEAN NOT NULL DEFAULT false",
+            "ALTER TABLE devices ADD COLUMN addresses VARCHAR NOT NULL DEFAULT '{}'",  # JSON: protocol -> [..]
+            # A DB from before alerts: what it holds is the baseline, and learning runs from its first packet.
+            "UPDATE devices SET authorized = true",
+            "INSERT INTO learning SELECT min(first_seen) FROM devices WHERE first_seen > 0 HAVING count(*) > 0",
+            "CREATE INDEX devices_id ON devices (id)",
+        ],
+    ),
 ]
 SCHEMA_VERSION = STEPS[-1][0]
 

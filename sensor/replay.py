@@ -109,6 +109,7 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict
     total = sum(size for _, size in files)
     bar = Progress(total) if progress else None
     digests = _Digests([path for path, _ in files])
+    learning_end: int | None = None  # packet time (ns); 0 once the replay has passed it
     try:
         for index, (path, size) in enumerate(files):
             digest = digests[index]
@@ -123,6 +124,7 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict
                 with store.ingesting(str(path), size, digest.result) as record:
                     reader = CaptureReader(path, batch_size=CHUNK)
                     for batch in reader.batches():
+                        batch, learning_end = _learning_cut(batch, engine, store, learning_end)
                         engine.process_batch(batch)
                         if len(engine.table) >= FLUSH_CONNECTIONS:  # bounded memory: joins the file's transaction
                             store.merge(engine.take_delta())
@@ -300,6 +302,33 @@ class _Digests:
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _learning_cut(batch, engine: Engine, store: Store, learning_end: int | None):
+    """Where the learning period ends inside a batch, what came before it is merged on its own: the
+    detector then tells what was learnt from what is new (a replay learns the first part of a capture
+    and alerts on the rest).  Returns the rest of the batch and the learning end still ahead (0 once
+    passed)."""
+    if learning_end == 0 or not len(batch.ts_ns):
+        return batch, learning_end
+    if learning_end is None:
+        learning_end = store.learning_end_ns(int(batch.ts_ns.min()))
+    late = batch.ts_ns >= learning_end
+    if not late.any():
+        return batch, learning_end
+    cut = int(late.argmax())
+    if cut:
+        engine.process_batch(_part(batch, 0, cut))
+        batch = _part(batch, cut, len(batch.ts_ns))
+    store.merge(engine.take_delta())
+    return batch, 0
+
+
+def _part(batch, start: int, end: int):
+    return batch._replace(
+        offsets=batch.offsets[start:end], caplens=batch.caplens[start:end], wirelens=batch.wirelens[start:end],
+        ts_ns=batch.ts_ns[start:end],
+    )  # fmt: skip
 
 
 def format_summary(summary: dict) -> str:

@@ -94,13 +94,14 @@ def connection_detail(cursor, first_id: int, second_id: int) -> dict | None:
 
 
 DEVICE_COLUMNS = (
-    "id, ip, macs, roles, vendor, mac_vendor, name, model, firmware, serial, user_agent, server, first_seen, last_seen"
+    "id, ip, macs, roles, vendor, mac_vendor, name, model, firmware, serial, user_agent, server, first_seen, last_seen, "
+    "engineering_station, scanner, authorized, addresses"
 )
 
 
 def _device(row) -> dict:
     (device_id, ip, macs, roles, vendor, mac_vendor, name, model, firmware, serial, user_agent, server,
-     first_seen, last_seen) = row  # fmt: skip
+     first_seen, last_seen, engineering_station, scanner, authorized, addresses) = row  # fmt: skip
     by_protocol: dict[str, list[str]] = {}
     for role in roles:
         protocol, _, side = role.partition(":")
@@ -121,6 +122,10 @@ def _device(row) -> dict:
         "identity": {k: v for k, v in identity.items() if v},
         "firstSeen": first_seen,
         "lastSeen": last_seen,
+        "engineeringStation": engineering_station,
+        "scanner": scanner,
+        "authorized": authorized,
+        "addresses": json.loads(addresses),
     }
 
 
@@ -132,3 +137,102 @@ def devices(cursor) -> list[dict]:
 def device(cursor, device_id: int) -> dict | None:
     row = cursor.execute(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?", [device_id]).fetchone()
     return None if row is None else _device(row)
+
+
+# -- alerts and events (CONTRACT section 4) --------------------------------------------------------
+
+ALERT_STATES = {"handled": True, "unhandled": False}
+MAX_EVENTS = 1000  # GET /api/v1/events without minutesTimeFrame: the latest this many
+MAX_EVENT_MINUTES = 4320  # three days, as Defender for IoT bounds minutesTimeFrame
+
+
+@dataclass(frozen=True)
+class AlertFilter:
+    state: str | None = None  # "handled" / "unhandled"
+    from_time: int | None = None  # epoch ms, inclusive
+    to_time: int | None = None
+    type: str | None = None  # an alert title
+
+    def where(self) -> tuple[str, list]:
+        clauses, params = [], []
+        if self.state is not None:
+            clauses.append("a.handled = ?")
+            params.append(ALERT_STATES[self.state])
+        if self.from_time is not None:
+            clauses.append("a.time >= ?")
+            params.append(self.from_time)
+        if self.to_time is not None:
+            clauses.append("a.time <= ?")
+            params.append(self.to_time)
+        if self.type is not None:
+            clauses.append("a.title = ?")
+            params.append(self.type)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def alerts(cursor, version: int = 1, where: AlertFilter = AlertFilter(), ids: list[int] | None = None) -> list[dict]:
+    """GET /api/v1/alerts (and v2, which adds the devices' addresses and remediation steps), by id."""
+    clause, params = where.where()
+    if ids is not None:
+        clause = " WHERE a.id IN (SELECT unnest(?))"
+        params = [ids]
+    rows = cursor.execute(
+        "SELECT a.id, a.time, a.title, a.message, a.severity, a.engine, a.source_device, a.destination_device, "
+        "a.description, a.information, a.handled, a.count, a.last_time, a.remediation, s.ip, d.ip "
+        "FROM alerts a LEFT JOIN devices s ON s.id = a.source_device LEFT JOIN devices d ON d.id = a.destination_device"
+        f"{clause} ORDER BY a.id",
+        params,
+    ).fetchall()
+    out = []
+    for (alert_id, time_ms, title, message, severity, engine, source, destination, description, information,
+         handled, count, last_time, remediation, source_ip, destination_ip) in rows:  # fmt: skip
+        alert = {
+            "id": alert_id,
+            "time": time_ms,
+            "title": title,
+            "message": message,
+            "severity": severity,
+            "engine": engine,
+            "sourceDevice": source,
+            "destinationDevice": destination,
+            "additionalInformation": {"description": description, "information": information},
+            "handled": handled,
+            "count": count,
+            "lastTime": last_time,
+        }
+        if version >= 2:
+            alert["sourceDeviceAddress"] = source_ip
+            alert["destinationDeviceAddress"] = destination_ip
+            alert["remediationSteps"] = remediation
+        out.append(alert)
+    return out
+
+
+def alert_pcap(cursor, alert_id: int) -> bytes | None:
+    """The evidence of an alert as a pcap file; None if the alert is unknown, b"" if it has none."""
+    row = cursor.execute("SELECT pcap FROM alerts WHERE id = ?", [alert_id]).fetchone()
+    if row is None:
+        return None
+    return bytes(row[0]) if row[0] is not None else b""
+
+
+def events(cursor, minutes: int | None = None, type: str | None = None, now_ms: int | None = None) -> list[dict]:
+    """GET /api/v1/events: newest first; those of the last ``minutes`` of wall-clock time (as Defender
+    for IoT reads minutesTimeFrame), else the latest MAX_EVENTS."""
+    clauses, params = [], []
+    if minutes is not None:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        clauses.append("timestamp >= ?")
+        params.append(now_ms - minutes * 60_000)
+    if type is not None:
+        clauses.append("type = ?")
+        params.append(type)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    limit = "" if minutes is not None else f" LIMIT {MAX_EVENTS}"
+    rows = cursor.execute(
+        f"SELECT timestamp, type, title, severity, owner, content FROM events{where} ORDER BY timestamp DESC, id DESC"
+        f"{limit}",
+        params,
+    ).fetchall()
+    names = ("timestamp", "type", "title", "severity", "owner", "content")
+    return [dict(zip(names, row)) for row in rows]

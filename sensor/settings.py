@@ -48,6 +48,9 @@ class Settings:
     def admin_socket_path(self) -> str:
         return self.admin_socket or self.db + ".sock"
 
+    learning_hours: float = 24.0  # packet time after the DB's first packet during which nothing new alerts
+    alert_dedup_minutes: float = 10.0  # a repeat of an operational command within this counts on its alert
+
     def check(self) -> None:
         """What `run` needs beyond well-typed values; SettingsError names the setting."""
         if not self.interfaces:
@@ -62,6 +65,8 @@ class Settings:
             raise SettingsError(f"rate_limit must be 0 (off) or positive, not {self.rate_limit}")
         if self.api_threads < 1:
             raise SettingsError(f"api_threads must be at least 1, not {self.api_threads}")
+        if self.learning_hours < 0 or self.alert_dedup_minutes < 0:
+            raise SettingsError("learning_hours and alert_dedup_minutes must be 0 or positive")
         if not 1 <= self.ring_mb <= 4096:
             raise SettingsError(f"ring_mb must be within 1..4096, not {self.ring_mb}")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -85,6 +90,8 @@ _TYPES = {
     "ring_mb": (int,),
     "forwarding": (dict,),
     "admin_socket": (str,),
+    "learning_hours": (int, float),
+    "alert_dedup_minutes": (int, float),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
                bool: "true or false", dict: "a table"}  # fmt: skip
@@ -105,7 +112,9 @@ def _value(key: str, value, source: str):
         return tuple(dict.fromkeys(value))  # in order, each once
     if key in {"bpf", "tls_cert", "tls_key", "admin_socket"} and value == "":
         return None  # an empty string in TOML means "not set" (TOML has no null)
-    if key in {"flush_interval", "retention_days"}:
+    if key in {"learning_hours", "alert_dedup_minutes"} and value < 0:
+        raise SettingsError(f"{source}: {key} must be 0 or positive, not {value!r}")
+    if key in {"flush_interval", "retention_days", "learning_hours", "alert_dedup_minutes"}:
         return float(value)
     if key == "forwarding":
         return forwarding_settings(value, f"{source}: [forwarding]") if value.get("target") else None
@@ -282,13 +291,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="send alerts to this syslog collector (udp://, tcp:// or tls://HOST:PORT; the rest in [forwarding])",
     )
+    add(
+        "--learning-hours",
+        type=_positive_number,
+        metavar="HOURS",
+        help=f"learning period in packet time: new devices/pairs/commands alert after it (default {default.learning_hours:g})",
+    )
+    add(
+        "--alert-dedup-minutes",
+        type=_positive_number,
+        metavar="MINUTES",
+        help=f"repeats of an operational command count on its open alert (default {default.alert_dedup_minutes:g})",
+    )
     add("--ring-mb", type=_count, metavar="MIB", help=f"kernel ring per interface and worker (default {default.ring_mb})")  # fmt: skip
     add("--admin-socket", metavar="PATH", help="the admin socket for token, connections, devices, status, export "
         "(default: the DB's path + .sock)")  # fmt: skip
 
 
 # What SIGHUP can change in a running daemon; every other setting needs a restart.
-RELOADABLE = ("bpf", "flush_interval", "retention_days", "rate_limit")
+RELOADABLE = ("bpf", "flush_interval", "retention_days", "rate_limit", "forwarding")
 
 
 def changes(old: Settings, new: Settings) -> tuple[dict, dict]:

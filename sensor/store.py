@@ -18,11 +18,13 @@ from pathlib import Path
 import duckdb
 
 from .connections import ConnectionTable, ip_text
+from .detect import Changes, Detector, addresses_json
 from .migrations import SchemaTooNew, upgrade
 from .oui import vendor as oui_vendor
 
 PROTOCOLS_TYPE = '[{"name":"VARCHAR","commands":["VARCHAR"]}]'
 IDENTITY_COLUMNS = ("vendor", "name", "model", "firmware", "serial", "user_agent", "server")
+FIRMWARE_COLUMNS = ("model", "firmware")  # a change of either is a "Firmware change"
 IDENTITY_KEYS = {"vendor": "vendor", "name": "name", "type": "model", "firmware": "firmware",
                  "serial": "serial", "userAgent": "user_agent", "server": "server"}  # fmt: skip
 
@@ -40,9 +42,10 @@ def _ms(ns: int) -> int:
 
 
 class Store:
-    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False, detector: Detector | None = None) -> None:
         self.path = str(path)
         new = not os.path.exists(self.path)  # (False where this user may not look, as DuckDB then fails)
+        self.detector = detector or Detector()  # alerts and events of each merge (sensor/detect.py)
         try:
             self.db = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as error:
@@ -54,6 +57,7 @@ class Store:
         self._lock = threading.Lock()  # one writer at a time inside this process
         self._local = threading.local()
         self._file_open = False  # inside ingesting(): merges join the file's transaction
+        self._unpublished: list[int] = []  # alerts opened inside it, told to the sinks after its commit
         if not read_only:
             self._migrate()
 
@@ -94,18 +98,50 @@ class Store:
     # -- writing ----------------------------------------------------------------------------------
 
     def merge(self, delta: ConnectionTable) -> None:
-        """Join a delta into the DB in one transaction: nothing of it is written, or all of it."""
+        """Join a delta into the DB in one transaction: nothing of it is written, or all of it — its
+        events and alerts included; new alerts go to the detector's sinks once it is committed."""
         if not delta.devices and not delta.connections:
             return
         with self._lock:
             try:
                 with nullcontext() if self._file_open else self.transaction():
-                    ids = self._merge_devices(delta)
-                    self._merge_connections(delta, ids)
+                    changes = Changes(learning_end=self.detector.learning_end(self.db, delta))
+                    ids = self._merge_devices(delta, changes)
+                    self._merge_connections(delta, ids, changes)
+                    opened = self.detector.detect(self.db, delta, ids, changes)
+            except duckdb.Error as error:
+                raise _failure(f"writing to {self.path} failed", error) from None
+            if self._file_open:
+                self._unpublished.extend(opened)  # told once the file's transaction has committed
+            else:
+                self.detector.publish(self.db, opened)
+
+    def learning_end_ns(self, first_ns: int | None = None) -> int | None:
+        """Packet time (ns) at which learning ends; None before the DB saw a packet, unless ``first_ns``
+        (the first packet of a replay) starts it."""
+        with self._lock:
+            row = self.db.execute("SELECT first_packet FROM learning").fetchone()
+            if row is None:
+                if first_ns is None:
+                    return None
+                row = (first_ns // 1_000_000,)
+                self.db.execute("INSERT INTO learning VALUES (?)", list(row))
+        return (row[0] + self.detector.learning_ms) * 1_000_000
+
+    def handle_alert(self, alert_id: int, learn: bool = False) -> bool:
+        """PUT /api/v1/alerts/<id>: handled (and learned); False if there is no such alert."""
+        import time
+
+        from .detect import handle
+
+        with self._lock:
+            try:
+                with self.transaction():
+                    return handle(self.db, alert_id, learn, time.time_ns() // 1_000_000)
             except duckdb.Error as error:
                 raise _failure(f"writing to {self.path} failed", error) from None
 
-    def _merge_devices(self, delta: ConnectionTable) -> dict[bytes, int]:
+    def _merge_devices(self, delta: ConnectionTable, changes: Changes) -> dict[bytes, int]:
         db = self.db
         addresses = {ip_text(address): address for address in delta.devices}
         texts = list(addresses)
@@ -113,7 +149,8 @@ class Store:
             row[1]: row
             for row in db.execute(
                 "SELECT id, ip, macs, roles, vendor, name, model, firmware, serial, user_agent, server, "
-                "first_seen, last_seen FROM devices WHERE ip IN (SELECT unnest($1))",
+                "first_seen, last_seen, engineering_station, scanner, authorized, addresses "
+                "FROM devices WHERE ip IN (SELECT unnest($1))",
                 [texts],
             ).fetchall()
         }
@@ -122,7 +159,8 @@ class Store:
         if new:
             fresh_ids = [r[0] for r in db.execute("SELECT nextval('device_ids') FROM range($1)", [len(new)]).fetchall()]
         new_ids = dict(zip(new, fresh_ids))
-        names = ("id", "ip", "macs", "roles", "vendor", "mac_vendor", *IDENTITY_COLUMNS[1:], "first", "last")
+        names = ("id", "ip", "macs", "roles", "vendor", "mac_vendor", *IDENTITY_COLUMNS[1:], "first", "last",
+                 "engineering", "scanner", "authorized", "addresses")  # fmt: skip
         columns: dict[str, list] = {name: [] for name in names}
         ids: dict[bytes, int] = {}
         for text, address in addresses.items():
@@ -138,12 +176,18 @@ class Store:
                 macs.update(row[2])
                 roles.update(row[3])
                 for column, value in zip(IDENTITY_COLUMNS, row[4:11]):
+                    new = identity.get(column)
+                    if column in FIRMWARE_COLUMNS and value is not None and new is not None and new != value:
+                        changes.identity.append((device_id, column, value, new, max(last, row[12])))
                     if value is not None and (column not in identity or value > identity[column]):
                         identity[column] = value
                 first, last = min(first, row[11]), max(last, row[12])
             if last < 0:  # known only by its MAC so far: seen when its flows are folded
                 first = last = 0 if row is None else row[12]
+            if row is None and last > 0:
+                changes.new_devices.append((device_id, first))
             ids[address] = device_id
+            changes.ip_of[device_id] = text
             columns["id"].append(device_id)
             columns["ip"].append(text)
             columns["macs"].append(sorted(macs))
@@ -153,6 +197,12 @@ class Store:
             columns["mac_vendor"].append(next(filter(None, map(oui_vendor, sorted(macs))), None))
             columns["first"].append(first)
             columns["last"].append(last)
+            # a device first seen during learning is authorized (the baseline)
+            flags = (False, False, first < changes.learning_end) if row is None else row[13:16]
+            columns["engineering"].append(flags[0])
+            columns["scanner"].append(flags[1])
+            columns["authorized"].append(flags[2])
+            columns["addresses"].append(addresses_json(device.addresses, None if row is None else row[16]))
         if existing:
             db.execute("DELETE FROM devices WHERE ip IN (SELECT unnest($1))", [list(existing)])
         db.execute(
@@ -163,7 +213,7 @@ class Store:
         )
         return ids
 
-    def _merge_connections(self, delta: ConnectionTable, ids: dict[bytes, int]) -> None:
+    def _merge_connections(self, delta: ConnectionTable, ids: dict[bytes, int], changes: Changes) -> None:
         if not delta.connections:
             return
         db = self.db
@@ -189,11 +239,24 @@ class Store:
                 packets, size, user_agent = record.packets, record.bytes, record.user_agent
                 if last_seen < 0:  # commands recorded before the flow's first fold: times come with it
                     discovered = last_seen = 0
+                else:
+                    changes.new_pairs.append((key[0], key[1], discovered))
+                    changes.new_targets.append((key[0], key[1], len(ports), discovered, last_seen, packets))
             else:
                 ports = set(record.ports) | set(row[2])
                 protocols = {name: set(commands) for name, commands in record.protocols.items()}
-                for entry in json.loads(row[3]):
-                    protocols.setdefault(entry["name"], set()).update(entry["commands"])
+                known = {entry["name"]: set(entry["commands"]) for entry in json.loads(row[3])}
+                time = _ms(record.discovered_ns) if record.last_seen_ns >= 0 else row[5]
+                for name, commands in protocols.items():
+                    for command in sorted(commands - known.get(name, set())):
+                        changes.new_commands.append((key[0], key[1], name, command, time))
+                for name, commands in known.items():
+                    protocols.setdefault(name, set()).update(commands)
+                new_ports = len(record.ports - set(row[2]))
+                if new_ports and record.last_seen_ns >= 0:
+                    changes.new_targets.append(
+                        (key[0], key[1], new_ports, _ms(record.discovered_ns), _ms(record.last_seen_ns), record.packets)
+                    )
                 discovered = min(_ms(record.discovered_ns), row[4])
                 last_seen = max(_ms(record.last_seen_ns), row[5])
                 packets, size, user_agent = record.packets + row[6], record.bytes + row[7], record.user_agent
@@ -250,6 +313,9 @@ class Store:
                 )
         except duckdb.Error as error:
             raise _failure(f"writing to {self.path} failed", error) from None
+        finally:
+            opened, self._unpublished = self._unpublished, []
+        self.detector.publish(self.db, opened)  # only alerts of a committed file reach a SIEM
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -317,6 +317,11 @@ def test_openapi_document_needs_no_token_and_is_valid_openapi_3(client):
         "/api/v1/connections/{connectionId}",
         "/api/v1/devices",
         "/api/v1/devices/{deviceId}",
+        "/api/v1/alerts",
+        "/api/v2/alerts",
+        "/api/v1/alerts/{alertId}",
+        "/api/v2/alerts/pcap/{alertId}",
+        "/api/v1/events",
         "/api/v1/openapi.json",
         "/healthz",
         "/metrics",
@@ -327,7 +332,7 @@ def test_routes_and_document_agree(app):
     """Every route the app serves is in the OpenAPI document, and nothing else is."""
     from api.openapi import DOCUMENT
 
-    as_openapi = {"<device_id>": "{deviceId}", "<connection_id>": "{connectionId}"}
+    as_openapi = {"<device_id>": "{deviceId}", "<connection_id>": "{connectionId}", "<alert_id>": "{alertId}"}
     routes = set()
     for rule in app.url_map.iter_rules():
         path = rule.rule

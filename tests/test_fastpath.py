@@ -28,10 +28,10 @@ def table(path, vectorised: bool):
         for key, c in delta.connections.items()
     }
     devices = {
-        key: (sorted(d.macs), d.first_seen_ns, d.last_seen_ns, sorted(d.roles), d.identity)
+        key: (sorted(d.macs), d.first_seen_ns, d.last_seen_ns, sorted(d.roles), d.identity, d.addresses)
         for key, d in delta.devices.items()
     }
-    return connections, devices, engine.errors
+    return connections, devices, engine.errors, sorted(delta.operations)
 
 
 BIG = [p for p in real_captures() if p.stat().st_size > 100_000] + [PCAPS / "plant.pcap.gz", PCAPS / "modbus.pcap"]
@@ -113,6 +113,13 @@ PAYLOADS = {
     "cotp cr": bytes.fromhex("0300001611e00000000100c0010ac1020100c2020102"),
     "two s7 read vars": bytes.fromhex("0300001f02f080320100000001000e00000401120a10020001000084000000") * 2,
     "s7 head half": bytes.fromhex("0300001f02f080320100000001"),
+    # operational commands (PLC Stop Job, UMAS stop, ADS Write Control to RUN): never named from a table
+    "s7 plc stop": bytes.fromhex("0300002102f08032010000000100100000" + "29000000000009") + b"P_PROGRAM",
+    "modbus umas stop": bytes.fromhex("000a00000004005a0041"),
+    # AMS/TCP prefix, AMS header (target 10.11.12.13.1.1:851, source 5.6.7.8.1.1:32905, command 5,
+    # state flags 4 = request, 8 data bytes), then ADS state 5 (RUN), device state 0, no data
+    "ads write control run": bytes.fromhex("000028000000" + "0a0b0c0d01015303" + "05060708010189800500040008000000")
+    + bytes.fromhex("0000000007000000" + "0500000000000000"),
     "s7 tail half": bytes.fromhex("000e00000401120a10020001000084000000"),
 }
 FLAGS = {"syn": 0x02, "syn-ack": 0x12, "ack": 0x10, "data": 0x18, "fin": 0x11, "rst": 0x14}
@@ -177,10 +184,11 @@ def _table_of(frames, vectorised: bool, jitter=(0,), batches: int = 1):
         for k, c in delta.connections.items()
     }
     devices = {
-        k: (sorted(d.macs), d.first_seen_ns, d.last_seen_ns, sorted(d.roles), d.identity)
+        k: (sorted(d.macs), d.first_seen_ns, d.last_seen_ns, sorted(d.roles), d.identity, d.addresses)
         for k, d in delta.devices.items()
     }
-    return connections, devices, engine.errors
+    # operational commands: each occurrence with its frame, whichever path read it
+    return connections, devices, engine.errors, sorted(delta.operations)
 
 
 @settings(max_examples=400, deadline=None)
@@ -207,7 +215,7 @@ def test_random_conversations_give_the_scalar_result(events, handshakes, vlan, c
 
 
 S7_PAYLOADS = ["s7 read var", "s7 szl request", "s7 not s7", "cotp cr", "two s7 read vars", "s7 head half"]
-S7_PAYLOADS += ["s7 tail half", "modbus request", "none"]
+S7_PAYLOADS += ["s7 tail half", "modbus request", "none", "s7 plc stop"]
 
 
 @settings(max_examples=300, deadline=None)

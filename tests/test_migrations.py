@@ -17,8 +17,9 @@ from sensor.store import Store, StoreError
 
 DATA = Path(__file__).parent / "data"
 # Made by commit 2675fa4 (schema 1): `otsensor replay pcaps/*.pcap* --db schema_v1.duckdb` and one token
-# `otsensor token create --name v1-token` (kept in schema_v1.token so the test can use it).
-V1_FILES = {1: "schema_v1.duckdb.gz"}
+# `otsensor token create --name v1-token` (kept in schema_v1.token so the test can use it).  Version 2 the
+# same way by commit a646dc3 (main before alerts), with the token v2-token (schema_v2.token).
+V1_FILES = {1: "schema_v1.duckdb.gz", 2: "schema_v2.duckdb.gz"}
 
 
 def unpacked(tmp_path: Path, version: int) -> Path:

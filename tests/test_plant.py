@@ -253,11 +253,11 @@ def plant():
 class Daemon:
     """`otsensor run` (as ``python -m sensor run``) on the SPAN port, with a token made beforehand."""
 
-    def __init__(self, plant: Plant, tmp_path: Path, db: Path, token: str) -> None:
+    def __init__(self, plant: Plant, tmp_path: Path, db: Path, token: str, workers: int = 2) -> None:
         self.config = tmp_path / "otsensor.toml"
         self.config.write_text(
             f'interfaces = ["{plant.span}"]\ndb = "{db}"\nlisten = "127.0.0.1:0"\nflush_interval = 1\n'
-            "workers = 2\nprepare_interfaces = true\n"
+            f"workers = {workers}\nprepare_interfaces = true\n"
         )
         self.token, self.url, self.lines = token, None, []
         self.process = subprocess.Popen(
@@ -473,3 +473,42 @@ def test_a_killed_worker_is_started_again_and_the_stop_stays_clean(plant, tmp_pa
         poller.kill()
         poller.wait()
     assert re.search(r"capture worker \d exited with status -9; starting it again", daemon.stderr())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_snap7_stop_and_start_raise_one_alert_each_live(plant, tmp_path, workers):
+    """The HMI's snap7 client stops and hot-starts the PLC: one PLC Stop and one PLC Start alert, from
+    the HMI to the PLC, however many workers capture; the HMI is an engineering station; the pcap is the Job."""
+    db = tmp_path / "otsensor.duckdb"
+    daemon = Daemon(plant, tmp_path, db, new_token(db), workers=workers)
+    try:
+        plant.hmi_session("s7")
+
+        def operational():
+            alerts = daemon.get("/api/v2/alerts")
+            found = [a for a in alerts if a["engine"] == "Operational"]
+            return found if {a["title"] for a in found} >= {"PLC Stop command", "PLC Start command"} else None
+
+        alerts = wait_for(operational, 15, "the stop and start alerts")
+        time.sleep(2.5)  # two more flushes: nothing else may come
+        alerts = [a for a in daemon.get("/api/v2/alerts") if a["engine"] == "Operational"]
+        assert sorted(
+            (a["title"], a["sourceDeviceAddress"], a["destinationDeviceAddress"], a["count"]) for a in alerts
+        ) == [
+            ("PLC Start command", HMI_IP, PLC_IP, 1),
+            ("PLC Stop command", HMI_IP, PLC_IP, 1),
+        ]
+        hmi = next(d for d in daemon.get("/api/v1/devices") if d["ipAddresses"] == [HMI_IP])
+        assert hmi["engineeringStation"] is True
+        stop = next(a for a in alerts if a["title"] == "PLC Stop command")
+        request = urllib.request.Request(
+            f"{daemon.url}/api/v2/alerts/pcap/{stop['id']}", headers={"Authorization": daemon.token}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            (tmp_path / "stop.pcap").write_bytes(answer.read())
+        info = run("tshark", "-r", str(tmp_path / "stop.pcap"), "-T", "fields", "-e", "_ws.col.Info").stdout
+        assert "Function:[PLC Stop]" in info, info
+        assert daemon.terminate() == 0, daemon.stderr()
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()

@@ -14,6 +14,12 @@ An analyzer module exposes a module-level ``ANALYZER`` (see :class:`Analyzer`):
   about the *sender* of ``buf`` (keys: ``vendor``, ``name``, ``type``, ``firmware``, ``serial``,
   ``userAgent``, ``server``).  It raises :class:`Malformed` when the bytes cannot be this
   protocol; the flow then counts a decode error and resynchronises at the next segment.
+  A command of CONTRACT section 4's operational table is reported as an :class:`Operation` (it is
+  still the same ``(protocol, command)`` pair), so that the flow table can keep its occurrence.
+* ``addresses(data) -> [(side, address)]`` (optional) reads the protocol's own addresses from the
+  bytes that decided the flow (the initiator's first bytes): side 0 the initiator's, 1 the
+  responder's (Modbus unit ids, S7 rack/slot, AMS Net Ids).  Read once per flow, by the one path
+  that decides flows, so both packet paths agree on them by construction.
 """
 
 from __future__ import annotations
@@ -33,6 +39,24 @@ def keep_greater(into: dict[str, str], key: str, value: str) -> None:
     """One identity fact, as :func:`merge_identity` merges it."""
     if key not in into or value > into[key]:
         into[key] = value
+
+
+# Categories of commands, kept beside each protocol's name tables.  The last five are operational:
+# each occurrence is kept with its frames and raises an alert (sensor/detect.py names them).
+READ, WRITE = "read", "write"
+STOP, START, PROGRAM, UPLOAD, MODE = "stop", "start", "program", "upload", "mode"
+OPERATIONAL = frozenset({STOP, START, PROGRAM, UPLOAD, MODE})
+
+
+class Operation(tuple):
+    """A ``(protocol, command)`` pair that is also an operational command: it counts as that command
+    everywhere a pair does, and carries its ``category`` (STOP, START, PROGRAM, UPLOAD, MODE) and a
+    ``detail`` read from the PDU (the PI service, the ADS state, the mode, the UMAS function)."""
+
+    def __new__(cls, protocol: str, command: str, category: str, detail: str = "") -> Operation:
+        pair = super().__new__(cls, (protocol, command))
+        pair.category, pair.detail = category, detail
+        return pair
 
 
 class Malformed(ValueError):
@@ -61,3 +85,4 @@ class Analyzer:
     # Malformed wherever its result would depend on where the segments were cut.  None: ``parse``
     # itself, which holds for protocols framed by their own length fields.
     parse_run: Callable[[bytes, bool], ParseResult] | None = None
+    addresses: Callable[[bytes], list[tuple[int, str]]] | None = None

@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from . import Analyzer, Malformed, ads_discovery, merge_identity
+from . import READ, START, STOP, WRITE, Analyzer, Malformed, Operation, ads_discovery, merge_identity
 
 # Command names as the contract spells them (Wireshark packet-ams.c, AMS_CMDID_*).
 COMMAND_NAMES = {
@@ -23,6 +23,19 @@ COMMAND_NAMES = {
     8: "AMS Device Notification",
     9: "AMS Read Write",
 }
+
+COMMAND_CATEGORIES = {1: READ, 2: READ, 3: WRITE, 4: READ, 9: WRITE}
+WRITE_CONTROL = 5
+
+# ADS states (packet-ams.c: AdsStates / ams.adsstate) and which requested state is an operational
+# command: RUN (and RESET, TwinCAT's "restart in run mode") starts; STOP, CONFIG and RECONFIG stop.
+ADS_STATES = {
+    0: "INVALID", 1: "IDLE", 2: "RESET", 3: "INIT", 4: "START", 5: "RUN", 6: "STOP", 7: "SAVECFG",
+    8: "LOADCFG", 9: "POWERFAILURE", 10: "POWERGOOD", 11: "ERROR", 12: "SHUTDOWN", 13: "SUSPEND",
+    14: "RESUME", 15: "CONFIG", 16: "RECONFIG",
+}  # fmt: skip
+ADS_STATE_CATEGORIES = {2: START, 5: START, 6: STOP, 15: STOP, 16: STOP}
+WRITE_CONTROL_REQUEST = struct.Struct("<HHI")  # ADS state, device state, data length
 
 AMS_TCP = struct.Struct("<HI")  # reserved (0), length of the AMS packet that follows
 # AMS header: target net id, target port, source net id, source port, command id, state flags,
@@ -57,6 +70,12 @@ def _ams_packet(view: memoryview, pos: int, size: int):
         raise Malformed(f"AMS packet of {size} bytes is shorter than its header")
     (_, _, _, _, command_id, state, data_length, _, _) = AMS_HEADER.unpack_from(view, pos)
     identity = {}
+    if command_id == WRITE_CONTROL and not state & STATE_RESPONSE and size >= AMS_HEADER_SIZE + 8:
+        ads_state, device_state, _ = WRITE_CONTROL_REQUEST.unpack_from(view, pos + AMS_HEADER_SIZE)
+        category = ADS_STATE_CATEGORIES.get(ads_state)
+        if category is not None:
+            detail = f"ADS state {ADS_STATES[ads_state]} ({ads_state}), device state {device_state}"
+            return Operation("ams", _command_name(command_id), category, detail), identity
     if command_id == 1 and state & STATE_RESPONSE:
         data = view[pos + AMS_HEADER_SIZE : pos + AMS_HEADER_SIZE + min(data_length, size - AMS_HEADER_SIZE)]
         identity = _device_info(data)
@@ -111,8 +130,8 @@ def parse_udp(buf: bytes, to_server: bool):
 
 
 def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
-    """Segments holding exactly one AMS/TCP packet; all but Read Device Info replies (identity) are
-    named by their command id."""
+    """Segments holding exactly one AMS/TCP packet; all but Read Device Info replies (identity) and
+    Write Control (parse reads the requested ADS state) are named by their command id."""
     buf = np.frombuffer(data, dtype=np.uint8)
     last = len(buf) - 1
 
@@ -124,12 +143,27 @@ def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
     response = (byte(24) & STATE_RESPONSE) != 0
     whole = (lengths >= 6 + AMS_HEADER_SIZE) & (byte(0) == 0) & (byte(1) == 0) & (length + 6 == lengths)
     whole &= length <= MAX_AMS_LENGTH
-    return whole, whole & ~((command_id == 1) & response), command_id
+    return whole, whole & ~((command_id == 1) & response) & (command_id != WRITE_CONTROL), command_id
 
 
 def command(code: int) -> tuple[str, str]:
     return ("ams", _command_name(code))
 
 
-ANALYZER = Analyzer(name="ams", probe=probe, parse=parse, tcp_ports=frozenset({48898}), batch=batch, command=command)
+def _net_id(raw: bytes) -> str:
+    return ".".join(str(byte) for byte in raw)
+
+
+def addresses(data: bytes) -> list[tuple[int, str]]:
+    """The AMS Net Ids of the initiator's first AMS packet: its source (the initiator's) and target."""
+    if len(data) < 6 + AMS_HEADER_SIZE:
+        return []
+    target, _, source, _, *_ = AMS_HEADER.unpack_from(data, 6)
+    return [(0, _net_id(source)), (1, _net_id(target))]
+
+
+ANALYZER = Analyzer(
+    name="ams", probe=probe, parse=parse, tcp_ports=frozenset({48898}), batch=batch, command=command,
+    addresses=addresses,
+)  # fmt: skip
 UDP_ANALYZER = Analyzer(name="ams", probe=probe_udp, parse=parse_udp, udp_ports=frozenset({48899}), datagram=True)

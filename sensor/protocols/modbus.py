@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from . import Analyzer, Malformed, merge_identity
+from . import PROGRAM, READ, START, STOP, UPLOAD, WRITE, Analyzer, Malformed, Operation, merge_identity
 
 # Function names exactly as Wireshark's packet-mbtcp.c (function_code_vals) prints them.
 FUNCTION_NAMES = {
@@ -35,6 +35,27 @@ FUNCTION_NAMES = {
     90: "Unity (Schneider)",
 }
 _NAMES = {code: FUNCTION_NAMES.get(code, f"Function code {code}") for code in range(128)}
+
+FUNCTION_CATEGORIES = {
+    1: READ, 2: READ, 3: READ, 4: READ, 7: READ, 20: READ, 24: READ,
+    5: WRITE, 6: WRITE, 15: WRITE, 16: WRITE, 21: WRITE, 22: WRITE, 23: WRITE,
+}  # fmt: skip
+
+# Function 90 carries Schneider's UMAS: session byte, then the UMAS function.  The operational ones
+# (after the UMAS write-ups that Wireshark's and others' UMAS dissectors follow).  UMAS itself names the
+# transfers from the PLC's side: its "upload" (0x30-0x32) puts a program INTO the PLC — a download in
+# this table's (and the contract's) words — and its "download" (0x33-0x35) reads the program out.
+UNITY = 90
+UMAS_FUNCTIONS = {
+    0x30: ("initialize download", PROGRAM),
+    0x31: ("download block", PROGRAM),
+    0x32: ("end download", PROGRAM),
+    0x33: ("initialize upload", UPLOAD),
+    0x34: ("upload block", UPLOAD),
+    0x35: ("end upload", UPLOAD),
+    0x40: ("start PLC", START),
+    0x41: ("stop PLC", STOP),
+}
 
 # Read Device Identification (function 43, MEI type 14) object ids, Modbus Application Protocol
 # Specification V1.1b3 section 6.21.
@@ -89,7 +110,12 @@ def parse(buf: bytes, to_server: bool):
         size = 6 + length
         if end - pos < size:
             break
-        commands.append(("modbus", _NAMES[function & 0x7F]))
+        if function == UNITY and to_server and size >= 10 and view[pos + 9] in UMAS_FUNCTIONS:
+            umas = view[pos + 9]
+            action, category = UMAS_FUNCTIONS[umas]
+            commands.append(Operation("modbus", _NAMES[UNITY], category, f"UMAS 0x{umas:02X} {action}"))
+        else:
+            commands.append(("modbus", _NAMES[function & 0x7F]))
         if function == 43 and not to_server:
             merge_identity(identity, _device_identification(view[pos + MBAP_SIZE : pos + size]))
         pos += size
@@ -98,7 +124,8 @@ def parse(buf: bytes, to_server: bool):
 
 def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
     """Segments holding exactly one ADU (MBAP length + 6 == segment length); all but the replies of
-    function 43 (Read Device Identification: identity to read) are named by their function code."""
+    function 43 (Read Device Identification: identity to read) and function 90 (UMAS, where parse
+    marks the operational requests) are named by their function code."""
     buf = np.frombuffer(data, dtype=np.uint8)
     last = len(buf) - 1
 
@@ -109,11 +136,27 @@ def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
     function = byte(7)
     whole = (lengths >= 8) & (byte(2) == 0) & (byte(3) == 0) & (length >= 2) & (length <= MAX_LENGTH)
     whole &= length + 6 == lengths
-    return whole, whole & (to_server | ((function & 0x7F) != 43)), function & 0x7F
+    named = whole & (to_server | ((function & 0x7F) != 43)) & ((function & 0x7F) != UNITY)
+    return whole, named, function & 0x7F
 
 
 def command(code: int) -> tuple[str, str]:
     return ("modbus", _NAMES[code])
 
 
-ANALYZER = Analyzer(name="modbus", probe=probe, parse=parse, tcp_ports=frozenset({502}), batch=batch, command=command)
+def addresses(data: bytes) -> list[tuple[int, str]]:
+    """The unit ids the initiator's first ADUs address (the responder's, or a gateway's devices)."""
+    units, pos = set(), 0
+    while len(data) - pos >= 8 and len(units) < 8:
+        _, protocol_id, length, unit, _ = MBAP.unpack_from(data, pos)
+        if protocol_id != 0 or not 2 <= length <= MAX_LENGTH:
+            break
+        units.add(unit)
+        pos += 6 + length
+    return [(1, str(unit)) for unit in sorted(units)]
+
+
+ANALYZER = Analyzer(
+    name="modbus", probe=probe, parse=parse, tcp_ports=frozenset({502}), batch=batch, command=command,
+    addresses=addresses,
+)  # fmt: skip

@@ -13,7 +13,20 @@ import struct
 
 import numpy as np
 
-from sensor.protocols import Analyzer, Malformed, ParseResult, merge_identity
+from sensor.protocols import (
+    MODE,
+    PROGRAM,
+    READ,
+    START,
+    STOP,
+    UPLOAD,
+    WRITE,
+    Analyzer,
+    Malformed,
+    Operation,
+    ParseResult,
+    merge_identity,
+)
 from sensor.protocols.s7comm_plus import S7COMM_PLUS_PROT_ID, pdu_names
 
 S7COMM_PROT_ID = 0x32
@@ -37,6 +50,32 @@ FUNCTION_NAMES = {
     0x28: "PI-Service",
     0x29: "PLC Stop",
 }
+
+# What each Job function does (READ/WRITE, or an operational category).  PI-Service (0x28) is
+# categorised by the service it invokes (PI_SERVICE_CATEGORIES); the rest of it is neither.
+FUNCTION_CATEGORIES = {
+    0x04: READ,
+    0x05: WRITE,
+    0x1A: PROGRAM,
+    0x1B: PROGRAM,
+    0x1D: UPLOAD,
+    0x1E: UPLOAD,
+    0x29: STOP,
+}
+PI_SERVICE = 0x28
+# pi_service_names of packet-s7comm.c: P_PROGRAM is "PLC Start / Stop"; as a PI-Service (0x28) it
+# starts the CPU — hot start with an empty parameter block, cold start with "C " (snap7's
+# PlcHotStart / PlcColdStart) — the stop being function 0x29 with the same service name.
+PI_SERVICE_CATEGORIES = {"P_PROGRAM": START}
+# Functions the fast path leaves to parse, which marks their Jobs (batch's table lookup cannot).
+NOT_NAMED_FROM_TABLE = np.zeros(256, bool)
+NOT_NAMED_FROM_TABLE[[*FUNCTION_CATEGORIES, PI_SERVICE]] = True
+NOT_NAMED_FROM_TABLE[[0x04, 0x05]] = False
+MARKED_FUNCTIONS = frozenset(np.flatnonzero(NOT_NAMED_FROM_TABLE).tolist())  # the same, for parse
+
+# Block types of the file names in download/upload parameters ("_0A00001P": type 0A, number 00001),
+# blocktype_names of packet-s7comm.c.
+BLOCK_TYPES = {"08": "OB", "0A": "DB", "0B": "SDB", "0C": "FC", "0D": "SFC", "0E": "FB", "0F": "SFB"}
 
 # userdata_tis_subfunc_names (4.0: userdata_prog_subfunc_names), group 1 "Programmer commands"
 USERDATA_TIS_SUBFUNC_NAMES = {
@@ -351,8 +390,10 @@ def _name_tsdu(payload: bytes, commands: list[tuple[str, str]], identity: dict[s
     first = payload[0]
     if first == S7COMM_PROT_ID:
         name = _s7comm_name(payload, identity)
-        if name is not None:
+        if name.__class__ is str:
             commands.append(("s7comm", name))
+        elif name is not None:
+            commands.append(name)  # an Operation
     elif first == S7COMM_PLUS_PROT_ID:
         commands.extend(("s7comm-plus", name) for name in pdu_names(payload))
     elif _is_tls_record(payload):
@@ -366,8 +407,9 @@ def _is_tls_record(payload: bytes) -> bool:
     return len(payload) >= 5 and 0x14 <= payload[0] <= 0x17 and payload[1] == 0x03
 
 
-def _s7comm_name(pdu: bytes, identity: dict[str, str]) -> str | None:
-    """The command name of one S7comm PDU (dissect_s7comm), or None when Wireshark shows none."""
+def _s7comm_name(pdu: bytes, identity: dict[str, str]) -> str | Operation | None:
+    """The command name of one S7comm PDU (dissect_s7comm), or None when Wireshark shows none; an
+    :class:`Operation` for the Jobs and mode transitions of the operational categories."""
     if len(pdu) < S7_HEADER.size:
         raise Malformed("S7comm header truncated")
     _, rosctr, _, _, parlg, datlg = S7_HEADER.unpack_from(pdu)
@@ -382,12 +424,17 @@ def _s7comm_name(pdu: bytes, identity: dict[str, str]) -> str | None:
         if len(pdu) <= header_len:
             raise Malformed("S7comm parameter truncated")
         function = pdu[header_len]
-        return FUNCTION_NAMES.get(function, f"Function 0x{function:02x}")
+        name = FUNCTION_NAMES.get(function, f"Function 0x{function:02x}")
+        if rosctr == ROSCTR_JOB and function in MARKED_FUNCTIONS:
+            return _job_operation(name, function, pdu[header_len : header_len + parlg]) or name
+        return name
     if rosctr == ROSCTR_USERDATA:
         param = pdu[header_len : header_len + parlg]
         if len(param) < UD_PARAM_MIN:
             raise Malformed("S7comm userdata parameter truncated")
         name, is_szl_response = _userdata_name(param)
+        if _is_mode_transition(param):
+            return Operation("s7comm", name, MODE, f"mode {name}")
         if is_szl_response:
             data = pdu[header_len + parlg : header_len + parlg + datlg]
             merge_identity(identity, _szl_identity(data))
@@ -395,6 +442,43 @@ def _s7comm_name(pdu: bytes, identity: dict[str, str]) -> str | None:
     # ROSCTR 2 (Ack) has no parameter part; Wireshark shows "ROSCTR:[Ack]" and no function, as it
     # does for the 4..6 values its heuristic lets through.
     return None
+
+
+def _job_operation(name: str, function: int, param: bytes) -> Operation | None:
+    """The operational Jobs: PLC Stop and PI-Service start (the service name read from the
+    parameter, s7comm_decode_pi_service), downloads and uploads (the block from the file name)."""
+    if function == PI_SERVICE:
+        # function, 7 unknown bytes, parameter block length, parameter block, string length, service
+        if len(param) < 10:
+            return None
+        block_length = int.from_bytes(param[8:10], "big")
+        at = 10 + block_length
+        if at >= len(param):
+            return None
+        service = _text(param[at + 1 : at + 1 + param[at]])
+        category = PI_SERVICE_CATEGORIES.get(service)
+        if category is None:
+            return None
+        block = _text(param[10:at]) if block_length else ""
+        start = "cold start" if block.startswith("C") else "hot start"
+        return Operation("s7comm", name, category, f"PI-Service {service}, {start}" + (f" ({block})" if block else ""))
+    category = FUNCTION_CATEGORIES[function]
+    if category == STOP:  # function, 5 unknown bytes, string length, PI service name
+        service = _text(param[7 : 7 + param[6]]) if len(param) > 7 else ""
+        return Operation("s7comm", name, category, f"PI-Service {service}" if service else "")
+    # function, status, 2 unknown bytes, upload id (4), file name length, file name ("_0A00001P")
+    file_name = _text(param[9 : 9 + param[8]]) if len(param) > 9 else ""
+    block = ""
+    if len(file_name) >= 8 and file_name[1:3] in BLOCK_TYPES and file_name[3:8].isdigit():
+        block = f"block {BLOCK_TYPES[file_name[1:3]]}{int(file_name[3:8])}"
+    return Operation("s7comm", name, category, block)
+
+
+def _is_mode_transition(param: bytes) -> bool:
+    """A mode-transition push (the CPU announcing its new mode), as _userdata_name reads it."""
+    if param[0] == UD_FUNCTION_MODE_TRANSITION:
+        return True
+    return param[4] != UD_SYNTAX_ID_PBC_USEND and param[5] & UD_GROUP_MASK == UD_GROUP_MODE_TRANSITION
 
 
 def _userdata_name(param: bytes) -> tuple[str, bool]:
@@ -530,11 +614,35 @@ def batch(data, starts: np.ndarray, lengths: np.ndarray, to_server: np.ndarray):
     named = whole & (li == 2) & (lengths >= 7 + S7_HEADER.size + 3) & (byte(7) == S7COMM_PROT_ID)
     named &= ((rosctr == ROSCTR_JOB) | (rosctr == ROSCTR_ACK_DATA)) & ((byte(13) << 8 | byte(14)) > 0)
     named &= lengths > 7 + header
-    return whole, named, byte(7 + header)
+    function = byte(7 + header)
+    named &= ~((rosctr == ROSCTR_JOB) & NOT_NAMED_FROM_TABLE[function])  # parse marks these Jobs
+    return whole, named, function
 
 
 def command(code: int) -> tuple[str, str]:
     return ("s7comm", FUNCTION_NAMES.get(code, f"Function 0x{code:02x}"))
 
 
-ANALYZER = Analyzer(name="s7comm", probe=probe, parse=parse, tcp_ports=frozenset({102}), batch=batch, command=command)
+COTP_CR = 0xE0
+COTP_CALLED_TSAP = 0xC2
+
+
+def addresses(data: bytes) -> list[tuple[int, str]]:
+    """The rack and slot of the CPU the initiator's COTP connection request calls: its called TSAP
+    is (connection type, rack * 32 + slot) on S7-300/400/1200 (TIA's string TSAPs carry none)."""
+    if len(data) < 11 or data[0] != TPKT_VERSION or data[5] & 0xF0 != COTP_CR:
+        return []
+    end = min(len(data), 5 + data[4])
+    at = 11  # TPKT (4), LI, code, destination and source references, class
+    while at + 2 <= end:
+        code, size = data[at], data[at + 1]
+        if code == COTP_CALLED_TSAP and size == 2 and at + 4 <= end:
+            return [(1, f"rack {data[at + 3] >> 5}, slot {data[at + 3] & 0x1F}")]
+        at += 2 + size
+    return []
+
+
+ANALYZER = Analyzer(
+    name="s7comm", probe=probe, parse=parse, tcp_ports=frozenset({102}), batch=batch, command=command,
+    addresses=addresses,
+)  # fmt: skip
