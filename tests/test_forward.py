@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor import __version__
+from sensor import __version__, serialize
 from sensor.forward import Forwarder, cef, cef_extension_value, cef_header_field
 from sensor.settings import SettingsError, forwarding_settings
 
@@ -378,3 +378,43 @@ def test_the_example_config_forwards_nothing_and_a_target_turns_it_on(tmp_path):
     forwarder.close(timeout=0)
     config.write_text('[forwarding]\ntarget = ""\n')
     assert load(str(config)).forwarding is None and Forwarder.from_settings(load(str(config)), tmp_path) is None
+
+
+@pytest.mark.parametrize("rsyslog", ["tcp"], indirect=True)
+def test_the_daemon_forwards_the_alerts_its_merges_raise_and_a_reload_changes_the_target(rsyslog, tmp_path):
+    """The whole way: a capture with a PLC stop merged into the daemon's store -> detection -> the
+    forwarder the daemon made from [forwarding] -> rsyslog; SIGHUP's reload to no target stops it."""
+    from sensor.daemon import Daemon
+    from sensor.detect import Detector
+    from sensor.replay import replay
+    from sensor.settings import Settings, forwarding_settings
+    from sensor.store import Store
+
+    from .conftest import REAL
+
+    capture = REAL / "iti" / "s7_step7_s300_stop.pcapng"
+    if not capture.exists():
+        pytest.skip(f"needs {REAL} (../shared/pcaps/real beside the clone)")
+    db = tmp_path / "sensor.duckdb"
+    config = Settings(interfaces=("lo",), db=str(db), forwarding=forwarding_settings(settings(rsyslog)))
+    store = Store(db, detector=Detector.from_settings(config))
+    daemon = Daemon(config, store)
+    try:
+        daemon._apply_forwarding(config.forwarding)
+        replay([str(capture)], store, progress=False)
+        raised = serialize.alerts(store.cursor(), 1)
+        daemon._apply_forwarding(None)  # a reload without [forwarding]: the forwarder closes, delivering its queue
+        assert daemon.forwarder is None and not store.detector.on_alert
+        got = rsyslog.received(len(raised))
+        titles = sorted(parse_cef(message["msg"])[0][5] for message in got)
+        assert titles == sorted(alert["title"] for alert in raised) and "PLC Stop command" in titles
+        ids = sorted(int(parse_cef(message["msg"])[1]["externalId"]) for message in got)
+        assert ids == sorted(alert["id"] for alert in raised)
+        # merged again (a second worker, a replay of the same traffic): no alert is raised or forwarded twice
+        replay([str(capture)], store, progress=False, force=True)
+        assert len(serialize.alerts(store.cursor(), 1)) == len(raised)
+    finally:
+        daemon._apply_forwarding(None)
+        store.close()
+    time.sleep(0.5)
+    assert len(rsyslog.received(len(raised) + 1, wait=1.0)) == len(raised)
