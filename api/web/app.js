@@ -311,7 +311,9 @@ for (const tab of document.querySelectorAll("[data-tab]")) {
 window.otsensorPage = Object.freeze({
   drawnDevices: () => map.drawnDevices(),
   drawnConnections: () => map.drawnConnections(),
+  markedDevices: () => map.markedDevices(),
   groups: () => map.drawnGroups(),
+  modelPosition: (elementId) => map.modelPosition(elementId),
   pagePosition: (elementId) => map.pagePosition(elementId),
   tableKeys: (name) => tables[name].shownRows.map((row) => String(tables[name].options.rowKey(row))),
   status: () => ({

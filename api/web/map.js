@@ -548,6 +548,19 @@ export class NetworkMap {
       .sort();
   }
 
+  markedDevices() {
+    return this.cy
+      .nodes(".device.alert")
+      .map((n) => Number(n.data("deviceId")))
+      .sort((a, b) => a - b);
+  }
+
+  /** Where a node is in the map's own coordinates (what must not move when data changes). */
+  modelPosition(id) {
+    const element = this.cy.getElementById(id);
+    return element.empty() ? null : { ...element.position() };
+  }
+
   drawnGroups() {
     return this.cy.nodes(".group").map((n) => ({
       key: n.data("key"),
