@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -178,7 +177,12 @@ def test_a_click_on_a_device_shows_its_identity_and_on_an_edge_its_connection(vi
     identity = visit.page.locator("[data-testid=device-identity]")
     identity.wait_for()
     text = identity.inner_text()
-    for value in (plc["ipAddresses"][0], plc["vendor"], plc["firmware"][0]["model"], plc["firmware"][0]["firmwareVersion"]):
+    for value in (
+        plc["ipAddresses"][0],
+        plc["vendor"],
+        plc["firmware"][0]["model"],
+        plc["firmware"][0]["firmwareVersion"],
+    ):
         assert value in text
     assert plc["macAddresses"][0] in text
     assert "s7comm" in visit.page.locator("#detail").inner_text()
@@ -319,9 +323,13 @@ def test_new_data_appears_in_place_while_the_page_polls(browser, tmp_path):
         frames = [
             Ether() / IP(src=hmi, dst=plc) / TCP(sport=50000, dport=502, flags="S", seq=100),
             Ether() / IP(src=plc, dst=hmi) / TCP(sport=502, dport=50000, flags="SA", seq=900, ack=101),
-            Ether() / IP(src=hmi, dst=plc) / TCP(sport=50000, dport=502, flags="PA", seq=101, ack=901)
+            Ether()
+            / IP(src=hmi, dst=plc)
+            / TCP(sport=50000, dport=502, flags="PA", seq=101, ack=901)
             / bytes.fromhex("000100000006010300000002"),
-            Ether() / IP(src=plc, dst=hmi) / TCP(sport=502, dport=50000, flags="PA", seq=901, ack=113)
+            Ether()
+            / IP(src=plc, dst=hmi)
+            / TCP(sport=502, dport=50000, flags="PA", seq=901, ack=113)
             / bytes.fromhex("00010000000701030400070008"),
         ]
         for i, frame in enumerate(frames):
