@@ -346,3 +346,41 @@ def test_new_data_appears_in_place_while_the_page_polls(browser, tmp_path):
     finally:
         visit.close()
         served.close()
+
+
+def test_demo_prints_the_page_url_and_its_token_opens_the_map(browser, tmp_path):
+    import signal
+    import subprocess
+
+    from api.server import free_port
+    from tests.test_api import demo_capture, otsensor_command, wait_for_line
+
+    demo_capture(tmp_path / "pcaps")
+    port = free_port()
+    process = subprocess.Popen(
+        otsensor_command("demo", "--pcaps", str(tmp_path / "pcaps"), "--listen", f"127.0.0.1:{port}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        lines = wait_for_line(process.stdout, r"^curl ")
+        page_url = next(line.split()[1] for line in lines if line.startswith("map: "))
+        token = next(line.split()[1] for line in lines if line.startswith("token: "))
+        assert page_url == f"http://127.0.0.1:{port}/"
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(page_url)
+            page.fill("#token", token)
+            page.click("#sign-in-form button[type=submit]")
+            page.wait_for_function("() => window.otsensorPage.status().changes > 0", timeout=15000)
+            assert len(page.evaluate("() => window.otsensorPage.drawnDevices()")) == 2  # the capture's HMI and PLC
+            assert len(page.evaluate("() => window.otsensorPage.drawnConnections()")) == 1
+        finally:
+            context.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        process.kill()
