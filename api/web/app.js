@@ -22,6 +22,7 @@ const state = {
   polls: 0,
   changes: 0,
   lastChange: null,
+  timeline: null,
   signedIn: false,
   error: null,
 };
@@ -145,12 +146,17 @@ function fillChoices(select, groups) {
 
 function refresh() {
   const plant = state.plant;
+  const t0 = performance.now();
   state.filters = readFilters();
   state.view = state.filters.apply(plant);
+  const t1 = performance.now();
   map.update(plant, state.view, state.filters);
+  const t2 = performance.now();
   const shownDevices = plant.devices.filter((d) => state.view.devices.has(d.id));
   tables.devices.setRows(shownDevices);
   tables.connections.setRows(state.view.connections);
+  state.phases = { ...state.phases, filters: t1 - t0, map: t2 - t1, tables: performance.now() - t2 };
+  for (const [phase, ms] of Object.entries(map.timings || {})) state.phases[`map: ${phase}`] = ms;
   if (plant.alerts === null) {
     tables.alerts.setRows([], "no alerts endpoint: this sensor does not serve GET /api/v1/alerts");
   } else {
@@ -167,7 +173,9 @@ function refresh() {
 }
 
 function setPlant(data) {
+  const t0 = performance.now();
   state.plant = new Plant(data.devices, data.connections, state.poller.missing.has("alerts") ? null : data.alerts || []);
+  state.phases = { plant: performance.now() - t0 };
   fillChoices($("f-protocol"), [[null, state.plant.protocols]]);
   fillChoices($("f-command"), [...state.plant.commands]);
   refresh();
@@ -196,13 +204,17 @@ function setStatus(text, problem = false) {
 async function poll() {
   clearTimeout(state.timer);
   try {
+    const started = performance.now();
     const changed = await state.poller.poll();
+    const fetched = performance.now();
     state.polls += 1;
     state.error = null;
     if (changed.length) {
       state.changes += 1;
       state.lastChange = Date.now();
       setPlant(state.poller.data);
+      // where the time of the last change went (ms since navigation), for bench/map.py
+      state.timeline = { pollStarted: started, fetched, shown: performance.now(), phases: { ...state.phases } };
     }
     setStatus(`updated ${utc(state.lastChange)}`);
   } catch (error) {
@@ -289,7 +301,7 @@ const regroup = () => map.setGrouping($("f-layout").value, Number($("f-prefix").
 $("f-layout").addEventListener("change", regroup);
 $("f-prefix").addEventListener("change", regroup);
 $("poll").addEventListener("change", schedule);
-$("map-fit").addEventListener("click", () => map.cy.fit(undefined, 30));
+$("map-fit").addEventListener("click", () => map.fit());
 $("map-expand").addEventListener("click", () => map.setAll(true));
 $("map-collapse").addEventListener("click", () => map.setAll(false));
 $("map-relayout").addEventListener("click", () => map.draw({ arrange: true, fit: true }));
@@ -301,6 +313,7 @@ for (const tab of document.querySelectorAll("[data-tab]")) {
       const on = other === tab;
       other.setAttribute("aria-selected", String(on));
       $(`view-${other.dataset.tab}`).hidden = !on;
+      tables[other.dataset.tab]?.setVisible(on);
     }
     if (tab.dataset.tab === "map") map.cy.resize();
   });
@@ -315,13 +328,15 @@ window.otsensorPage = Object.freeze({
   groups: () => map.drawnGroups(),
   modelPosition: (elementId) => map.modelPosition(elementId),
   pagePosition: (elementId) => map.pagePosition(elementId),
-  tableKeys: (name) => tables[name].shownRows.map((row) => String(tables[name].options.rowKey(row))),
+  tableKeys: (name) => tables[name].rowsShown().map((row) => String(tables[name].options.rowKey(row))),
   status: () => ({
     signedIn: state.signedIn,
     polls: state.polls,
     changes: state.changes,
     error: state.error,
     firstDrawnMs: map.firstDrawnAt,
+    drawMs: { ...map.timings }, // the last redraw's phases
+    timeline: state.timeline ? JSON.parse(JSON.stringify(state.timeline)) : null,
     devices: state.plant.devices.length,
     connections: state.plant.connections.length,
     alertsEndpoint: state.plant.alerts !== null,

@@ -157,7 +157,6 @@ export class NetworkMap {
     this.view = null; // the last filter result
     this.drawn = false;
     this.firstDrawnAt = null;
-    const large = (n) => n > 3000;
     this.cy = window.cytoscape({
       container,
       style: STYLE,
@@ -167,12 +166,14 @@ export class NetworkMap {
       selectionType: "single",
       autoungrabify: false,
     });
-    this._large = large;
     this.cy.on("tap", "node.device", (event) => handlers.onDevice?.(Number(event.target.data("deviceId"))));
     this.cy.on("tap", "edge.connection", (event) => handlers.onConnection?.(event.target.data("connectionId")));
     this.cy.on("tap", "edge.aggregate", (event) => handlers.onAggregate?.(event.target.data("connectionIds")));
     this.cy.on("tap", "node.group.collapsed", (event) => this.toggle(event.target.data("key"), true));
     this.cy.on("dbltap", "node.group.expanded", (event) => this.toggle(event.target.data("key"), false));
+    // cytoscape caches where its container is on the page (for hit tests) and how big it is: tell it
+    // whenever the page's layout changes the container (a panel opening, the window resized)
+    new ResizeObserver(() => this.cy.resize()).observe(container);
     this.cy.on("dragfree", "node", (event) => {
       // a node the user moved stays where it was put, through polls
       event.target.descendants().add(event.target).forEach((node) => {
@@ -187,10 +188,12 @@ export class NetworkMap {
     this.prefix = prefix;
     this.expanded.clear();
     this.positions.clear();
+    this._grouped = null;
     this.draw({ arrange: true, fit: true });
   }
 
   toggle(key, open) {
+    this.cy.elements().unselect();
     this.expanded.set(key, open);
     this.draw({ arrange: true, focus: key });
   }
@@ -244,12 +247,8 @@ export class NetworkMap {
     }
     const kindRank = { plc: 0, eng: 1, hmi: 2, other: 3 };
     for (const group of groups.values()) {
-      group.members.sort(
-        (a, b) =>
-          kindRank[group.kindOf.get(a.id)] - kindRank[group.kindOf.get(b.id)] ||
-          compareOrder(addressOrder(address(a)), addressOrder(address(b))) ||
-          a.id - b.id,
-      );
+      const rank = new Map(group.members.map((d) => [d.id, [kindRank[group.kindOf.get(d.id)], ...addressOrder(address(d)), d.id]]));
+      group.members.sort((a, b) => compareOrder(rank.get(a.id), rank.get(b.id)));
       if (!this.expanded.has(group.key)) this.expanded.set(group.key, plant.devices.length <= EXPAND_LIMIT);
     }
     this.groups = groups;
@@ -373,7 +372,13 @@ export class NetworkMap {
     const plant = this.plant;
     const view = this.view;
     const previousGroups = this.groups;
-    this._buildGroups();
+    const t0 = performance.now();
+    const grouping = `${this.mode}/${this.prefix}`;
+    if (this._grouped?.plant !== plant || this._grouped?.grouping !== grouping) {
+      this._buildGroups();
+      this._grouped = { plant, grouping };
+    }
+    const t1 = performance.now();
     if (arrange || !previousGroups) {
       this._arrange();
     } else if (place) {
@@ -385,6 +390,7 @@ export class NetworkMap {
       }
       if (misplaced) this._arrange(); // a new group: room is made for it
     }
+    const t2 = performance.now();
     const filters = this.filters;
     const nodes = [];
     const edges = [];
@@ -432,39 +438,48 @@ export class NetworkMap {
       data: { id: `b:${level.key}`, label: level.label },
       classes: "band",
     }));
-    // edges: a connection between two drawn devices is itself; else it joins its ends' representatives
-    const rep = (id) => {
-      const key = this.groupOf.get(id);
-      return this.expanded.get(key) ? `d:${id}` : `g:${key}`;
-    };
+    // edges: a connection whose ends' groups are both open is itself; any other joins the two groups
+    // (one edge per pair of groups, standing for all their connections; none inside a closed group)
     const aggregates = new Map();
     for (const c of view.connections) {
-      const a = rep(c.firstDeviceId);
-      const b = rep(c.secondDeviceId);
-      if (a === b) continue; // inside one collapsed group
-      const cls = ["connection"];
-      if (plant.isOperational(c)) cls.push("op");
-      if (filters.isNew(c.discovered)) cls.push("new");
-      if (a.startsWith("d:") && b.startsWith("d:")) {
+      const ga = this.groupOf.get(c.firstDeviceId);
+      const gb = this.groupOf.get(c.secondDeviceId);
+      const open = this.expanded.get(ga) && this.expanded.get(gb);
+      if (!open && ga === gb) continue;
+      const op = plant.operational.has(c.id);
+      const fresh = filters.isNew(c.discovered);
+      if (open) {
         edges.push({
-          data: { id: `c:${c.id}`, connectionId: c.id, source: a, target: b, label: connectionLabel(c), width: 2 },
-          classes: cls.join(" "),
+          data: {
+            id: `c:${c.id}`,
+            connectionId: c.id,
+            source: `d:${c.firstDeviceId}`,
+            target: `d:${c.secondDeviceId}`,
+            label: connectionLabel(c),
+            width: 2,
+          },
+          classes: `connection${op ? " op" : ""}${fresh ? " new" : ""}`,
         });
         continue;
       }
+      const a = `g:${ga}`;
+      const b = `g:${gb}`;
       const [s, t] = a < b ? [a, b] : [b, a];
       const id = `a:${s}~${t}`;
       if (!aggregates.has(id)) aggregates.set(id, { s, t, ids: [], protocols: new Set(), op: false, fresh: false });
       const agg = aggregates.get(id);
       agg.ids.push(c.id);
       for (const p of c.protocols) agg.protocols.add(p.name);
-      agg.op ||= cls.includes("op");
-      agg.fresh ||= cls.includes("new");
+      agg.op ||= op;
+      agg.fresh ||= fresh;
     }
+    // many group-to-group edges: labels would cover the map; a click on one lists its connections
+    const labelled = aggregates.size <= 80;
     for (const [id, agg] of aggregates) {
       const names = [...agg.protocols].sort();
-      const label =
-        agg.ids.length === 1
+      const label = !labelled
+        ? ""
+        : agg.ids.length === 1
           ? connectionLabel(plant.connection.get(agg.ids[0]))
           : `${agg.ids.length} connections${names.length ? `: ${names.slice(0, 3).join(", ")}${names.length > 3 ? "…" : ""}` : ""}`;
       const classes = ["aggregate"];
@@ -482,12 +497,19 @@ export class NetworkMap {
         classes: classes.join(" "),
       });
     }
+    const t3 = performance.now();
     this._apply([...bandNodes, ...nodes], edges, arrange);
-    if (fit) this.cy.fit(undefined, 30);
-    if (focus) {
-      const group = this.cy.getElementById(`g:${focus}`);
-      if (group.nonempty()) this.cy.center(group);
-    }
+    const t4 = performance.now();
+    if (fit) this.fit();
+    if (focus) this._center(focus);
+    this.timings = {
+      group: t1 - t0,
+      arrange: t2 - t1,
+      elements: t3 - t2,
+      apply: t4 - t3,
+      view: performance.now() - t4,
+      total: performance.now() - t0,
+    };
     if (!this.drawn) {
       this.drawn = true;
       this.firstDrawnAt = performance.now();
@@ -495,10 +517,53 @@ export class NetworkMap {
     this.handlers.onDrawn?.();
   }
 
+  /**
+   * The box around the drawn leaves, from the positions this module gave them: cytoscape's own
+   * fit() and center() measure every label and edge curve first, which on a big plant takes longer
+   * than drawing it.
+   */
+  _box(ids) {
+    let [x1, y1, x2, y2] = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const id of ids) {
+      const p = this.positions.get(id);
+      if (!p) continue;
+      const [w, h] = id.startsWith("g:") ? [GROUP_W, GROUP_H] : [SLOT_W, SLOT_H];
+      x1 = Math.min(x1, p.x - w / 2);
+      x2 = Math.max(x2, p.x + w / 2);
+      y1 = Math.min(y1, p.y - h / 2);
+      y2 = Math.max(y2, p.y + h / 2);
+    }
+    return x1 <= x2 ? { x1, y1, x2, y2 } : null;
+  }
+
+  _view(box, maxZoom) {
+    if (!box) return;
+    const pad = 30;
+    const w = this.cy.width();
+    const h = this.cy.height();
+    const zoom = Math.min(maxZoom, (w - 2 * pad) / (box.x2 - box.x1 + 40), (h - 2 * pad) / (box.y2 - box.y1 + 60));
+    const z = Math.max(this.cy.minZoom(), Math.min(this.cy.maxZoom(), zoom));
+    this.cy.viewport({ zoom: z, pan: { x: w / 2 - ((box.x1 + box.x2) / 2) * z, y: h / 2 - ((box.y1 + box.y2) / 2) * z } });
+  }
+
+  /** The whole map in the window. */
+  fit() {
+    const ids = this.cy.nodes().filter((n) => n.isChildless()).map((n) => n.id());
+    this._view(this._box(ids), 1.5);
+  }
+
+  /** An opened group in the middle of the window, at a zoom where its devices can be read. */
+  _center(key) {
+    const group = this.groups.get(key);
+    if (!group) return;
+    const ids = this.expanded.get(key) ? group.members.map((d) => `d:${d.id}`) : [`g:${key}`];
+    this._view(this._box(ids), Math.max(this.cy.zoom(), 0.9));
+  }
+
   _apply(nodes, edges, moved) {
     const cy = this.cy;
     const wanted = new Set([...nodes, ...edges].map((e) => e.data.id));
-    const large = this._large(nodes.length + edges.length);
+    const large = this.plant.devices.length > EXPAND_LIMIT || edges.length > 2000;
     cy.startBatch();
     cy.elements()
       .filter((e) => !wanted.has(e.id()))
@@ -526,8 +591,7 @@ export class NetworkMap {
     cy.endBatch();
     const renderer = cy.renderer();
     if (renderer) {
-      // big plants: while panning or zooming show a snapshot, edges hidden (cytoscape's own switches)
-      renderer.hideEdgesOnViewport = large;
+      // big plants: while panning or zooming, move a snapshot of the map instead of redrawing every frame
       renderer.textureOnViewport = large;
     }
   }

@@ -105,10 +105,12 @@ export class Plant {
         this.byDevice.get(id).push(c);
       }
     }
-    // devices that initiated programming or run-state commands: engineering stations
+    // connections with programming or run-state commands, and the devices that sent them: engineering stations
+    this.operational = new Set();
     this.programmers = new Set();
     for (const c of this.connections) {
       if (c.protocols.some((p) => p.commands.some((cmd) => OPERATIONAL_COMMANDS.has(cmd)))) {
+        this.operational.add(c.id);
         this.programmers.add(c.firstDeviceId);
       }
     }
@@ -147,7 +149,7 @@ export class Plant {
   }
 
   isOperational(connection) {
-    return connection.protocols.some((p) => p.commands.some((cmd) => OPERATIONAL_COMMANDS.has(cmd)));
+    return this.operational.has(connection.id);
   }
 }
 

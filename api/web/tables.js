@@ -40,10 +40,12 @@ export class DataTable {
       oninput: () => {
         this.query = this.search.value.trim().toLowerCase();
         this.page = 0;
+        this.shownRows = null;
         this.render();
       },
     });
     this.csv = h("button", { type: "button", onclick: () => this.exportCsv() }, "Export CSV");
+    this.visible = false;
     this.table = h("table", { class: "data", "data-table": options.name });
     this.pager = h("div", { class: "pager" });
     container.replaceChildren(
@@ -55,12 +57,26 @@ export class DataTable {
   setRows(rows, message = null) {
     this.rows = rows;
     this.message = message;
-    this.render();
+    this.shownRows = null; // worked out when asked for, or when the table is on show
+    if (this.visible) this.render();
+  }
+
+  /** The tab shows or hides the table: a hidden table is not rendered (a big plant's 100,000 rows). */
+  setVisible(visible) {
+    this.visible = visible;
+    if (visible) this.render();
+  }
+
+  /** The rows the table shows, in its order (all pages). */
+  rowsShown() {
+    if (this.shownRows === null) this.shownRows = this._filtered();
+    return this.shownRows;
   }
 
   sortBy(key) {
     this.sortDir = this.sortKey === key ? -this.sortDir : 1;
     this.sortKey = key;
+    this.shownRows = null;
     this.render();
   }
 
@@ -93,8 +109,7 @@ export class DataTable {
   }
 
   render() {
-    const rows = this._filtered();
-    this.shownRows = rows;
+    const rows = this.rowsShown();
     const pages = Math.max(1, Math.ceil(rows.length / PAGE));
     this.page = Math.min(this.page, pages - 1);
     const head = h(
@@ -145,7 +160,7 @@ export class DataTable {
   }
 
   exportCsv() {
-    const blob = new Blob([toCsv(this.columns, this.shownRows)], { type: "text/csv;charset=utf-8" });
+    const blob = new Blob([toCsv(this.columns, this.rowsShown())], { type: "text/csv;charset=utf-8" });
     download(blob, `otsensor-${this.options.name}-${stamp()}.csv`);
   }
 }
