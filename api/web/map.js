@@ -23,7 +23,7 @@ const STYLE = [
       width: 30,
       height: 30,
       label: "data(label)",
-      "font-size": 10,
+      "font-size": 11,
       "text-valign": "bottom",
       "text-halign": "center",
       "text-margin-y": 4,
@@ -43,7 +43,7 @@ const STYLE = [
     selector: "node.group",
     style: {
       label: "data(label)",
-      "font-size": 12,
+      "font-size": 13,
       "font-weight": 600,
       color: "#33414f",
       "background-color": "#eef2f6",
