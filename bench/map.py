@@ -10,7 +10,8 @@ in a fresh tab with the token already in the tab's sessionStorage (as after sign
   parsing both lists from the API: the page needs every connection to draw the groups' edges);
 - expand: a click on a collapsed group -> the frame after the group's devices are drawn;
 - panning: frames per second while the mouse drags the map for 2 s, groups collapsed and one open;
-- with --expand-all: every device and connection drawn (10,000 nodes, 100,000 edges), and panning then.
+- "Expand all" on the whole plant is refused (drawing 10,000 nodes and 100,000 edges at once took
+  138-205 s per round here); with --expand-all, "Expand all" after filtering to s7comm and one subnet.
 
 Prints a table (median of the rounds) against the issue's targets (first map <= 3 s, expand <= 1 s).
 Never used by the tests.
@@ -115,13 +116,22 @@ def one_round(browser, url: str, token: str, expand_all: bool, shots: Path | Non
             page.screenshot(path=str(shots / "map-10k-one-group-open.png"))
         result["pan fps (one group open)"] = pan_fps(page)
 
+        # "Expand all" on the whole plant is refused (it would draw every node and edge): filter first
+        page.click("#map-expand")
+        result["expand all refused"] = int(
+            not all(g["expanded"] for g in page.evaluate("() => window.otsensorPage.groups()"))
+        )
         if not expand_all:
             return result
+        page.select_option("#f-protocol", "s7comm")  # a fifth of the connections
+        page.fill("#f-text", "10.0.3.")  # the 256 devices of 10.0.3.0/24 and their s7comm peers
+        page.wait_for_timeout(400)
         t0 = page.evaluate("() => performance.now()")
         page.click("#map-expand", timeout=600000)
-        page.wait_for_function("() => window.otsensorPage.groups().every((g) => g.expanded)", timeout=300000)
-        result["expand all s"] = (page.evaluate(NEXT_FRAME) - t0) / 1000
-        result["pan fps (all open)"] = pan_fps(page)
+        page.wait_for_function("() => window.otsensorPage.groups().every((g) => g.expanded)", timeout=600000)
+        result["expand all (filtered) s"] = (page.evaluate(NEXT_FRAME) - t0) / 1000
+        result["devices drawn (filtered)"] = len(page.evaluate("() => window.otsensorPage.drawnDevices()"))
+        result["pan fps (filtered, all open)"] = pan_fps(page)
     finally:
         context.close()
     return result

@@ -3,7 +3,7 @@
 import { ApiError, Poller, get, session } from "./api.js";
 import { DetailPane } from "./detail.js";
 import { download, stamp, utc } from "./dom.js";
-import { NetworkMap } from "./map.js";
+import { NetworkMap, OPEN_ALL_LIMIT } from "./map.js";
 import { Filters, KINDS, Plant, address, addressOrder, firmwareOf } from "./model.js";
 import { DataTable } from "./tables.js";
 
@@ -302,7 +302,13 @@ $("f-layout").addEventListener("change", regroup);
 $("f-prefix").addEventListener("change", regroup);
 $("poll").addEventListener("change", schedule);
 $("map-fit").addEventListener("click", () => map.fit());
-$("map-expand").addEventListener("click", () => map.setAll(true));
+$("map-expand").addEventListener("click", () => {
+  if (!map.setAll(true)) {
+    $("map-hint").textContent =
+      `${state.view.devices.size.toLocaleString("en-US")} devices are too many to open at once ` +
+      `(at most ${OPEN_ALL_LIMIT.toLocaleString("en-US")}): open groups one by one, or filter first`;
+  }
+});
 $("map-collapse").addEventListener("click", () => map.setAll(false));
 $("map-relayout").addEventListener("click", () => map.draw({ arrange: true, fit: true }));
 $("map-png").addEventListener("click", () => download(map.png(), `otsensor-map-${stamp()}.png`));

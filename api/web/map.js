@@ -15,6 +15,7 @@ const GAP = 70; // between groups
 const BAND_GAP = 110; // between level bands
 export const EXPAND_LIMIT = 300; // a plant with more devices starts with its groups collapsed
 const SPLIT_LIMIT = 300; // a level band with more devices is split into subnet groups
+export const OPEN_ALL_LIMIT = 2000; // "Expand all" opens at most this many devices' groups
 
 const STYLE = [
   {
@@ -116,7 +117,7 @@ const STYLE = [
     selector: "edge.connection",
     style: { "target-arrow-shape": "triangle", "target-arrow-color": "#8ea2b5", "arrow-scale": 0.8 },
   },
-  { selector: "edge.aggregate", style: { "line-style": "solid", "line-color": "#a7b5c2", opacity: 0.9 } },
+  { selector: "edge.aggregate", style: { "curve-style": "straight", "line-color": "#a7b5c2" } },
   { selector: "edge.op", style: { "line-color": "#c62828", "target-arrow-color": "#c62828", color: "#c62828" } },
   { selector: "edge.new", style: { "line-color": "#7b1fa2", "target-arrow-color": "#7b1fa2" } },
   { selector: "edge.op.new", style: { "line-color": "#c62828", "line-style": "dashed" } },
@@ -198,9 +199,15 @@ export class NetworkMap {
     this.draw({ arrange: true, focus: key });
   }
 
+  /**
+   * Open or close every group. Opening is refused (false) when more than OPEN_ALL_LIMIT devices are
+   * shown: drawing 10,000 devices and 100,000 edges at once takes minutes in a browser; filter first.
+   */
   setAll(open) {
+    if (open && this.view && this.view.devices.size > OPEN_ALL_LIMIT) return false;
     for (const key of this.groups.keys()) this.expanded.set(key, open);
     this.draw({ arrange: true, fit: true });
+    return true;
   }
 
   /** New data (from a poll) or new filters: redraw in place. */
@@ -239,7 +246,7 @@ export class NetworkMap {
     this.groupOf = new Map(); // device id -> group key
     for (const d of plant.devices) {
       const g = this._group(d);
-      if (!groups.has(g.key)) groups.set(g.key, { ...g, members: [], kindOf: new Map() });
+      if (!groups.has(g.key)) groups.set(g.key, { ...g, index: groups.size, members: [], kindOf: new Map() });
       const group = groups.get(g.key);
       group.members.push(d);
       group.kindOf.set(d.id, plant.kind(d));
@@ -462,12 +469,16 @@ export class NetworkMap {
         });
         continue;
       }
-      const a = `g:${ga}`;
-      const b = `g:${gb}`;
-      const [s, t] = a < b ? [a, b] : [b, a];
-      const id = `a:${s}~${t}`;
-      if (!aggregates.has(id)) aggregates.set(id, { s, t, ids: [], protocols: new Set(), op: false, fresh: false });
-      const agg = aggregates.get(id);
+      // keyed by the groups' numbers: no string per connection (100,000 of them on a big plant)
+      const ia = this.groups.get(ga).index;
+      const ib = this.groups.get(gb).index;
+      const pair = ia < ib ? ia * 1048576 + ib : ib * 1048576 + ia;
+      let agg = aggregates.get(pair);
+      if (agg === undefined) {
+        const [s, t] = ia < ib ? [`g:${ga}`, `g:${gb}`] : [`g:${gb}`, `g:${ga}`];
+        agg = { s, t, ids: [], protocols: new Set(), op: false, fresh: false };
+        aggregates.set(pair, agg);
+      }
       agg.ids.push(c.id);
       for (const p of c.protocols) agg.protocols.add(p.name);
       agg.op ||= op;
@@ -475,7 +486,8 @@ export class NetworkMap {
     }
     // many group-to-group edges: labels would cover the map; a click on one lists its connections
     const labelled = aggregates.size <= 80;
-    for (const [id, agg] of aggregates) {
+    for (const agg of aggregates.values()) {
+      const id = `a:${agg.s}~${agg.t}`;
       const names = [...agg.protocols].sort();
       const label = !labelled
         ? ""
