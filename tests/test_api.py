@@ -442,7 +442,8 @@ def test_401_says_missing_invalid_or_expired(fresh):
 
 def test_404_for_unknown_paths_and_ids(get, client):
     for path in (
-        "/",
+        "/index.html",  # "/" is the map page (api/page.py); its files are under /web/ only
+        "/web/",
         "/api",
         "/api/v1",
         "/api/v1/",
