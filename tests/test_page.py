@@ -384,3 +384,29 @@ def test_demo_prints_the_page_url_and_its_token_opens_the_map(browser, tmp_path)
         assert process.wait(20) == 0
     finally:
         process.kill()
+
+
+def test_groups_are_the_subnets_and_the_levels_stack_plcs_at_the_bottom(visit, served):
+    import ipaddress
+
+    visit.sign_in()
+    _, devices = served.api("/api/v1/devices")
+    subnets = set()
+    for d in devices:
+        address = ipaddress.ip_address(d["ipAddresses"][0])
+        subnets.add(str(ipaddress.ip_network(f"{address}/{24 if address.version == 4 else 64}", strict=False)))
+    groups = visit.hook("groups()")
+    assert {g["label"].split(" · ")[0] for g in groups} == subnets
+    assert all(g["expanded"] for g in groups)  # a small plant starts open
+
+    visit.page.select_option("#f-layout", "level")
+    visit.page.wait_for_function("() => window.otsensorPage.groups().length === 3")
+    assert visit.hook("drawnDevices()") == sorted(d["id"] for d in devices)
+    kinds = visit.page.evaluate("() => Object.fromEntries(window.otsensorPage.groups().map((g) => [g.key, g.label]))")
+    assert set(kinds) == {"L1", "L2", "L3"}
+    y = {d["id"]: visit.hook(f"modelPosition('d:{d['id']}')")["y"] for d in devices}
+    plcs = [d["id"] for d in devices if d["type"] == "PLC"]
+    others = [d["id"] for d in devices if d["type"] is None]
+    hmis = [d["id"] for d in devices if d["type"] == "HMI"]
+    assert max(y[i] for i in others) < min(y[i] for i in hmis)  # the rest on top, then HMIs and stations,
+    assert max(y[i] for i in hmis) < min(y[i] for i in plcs)  # PLCs at the bottom

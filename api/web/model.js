@@ -69,7 +69,9 @@ export function subnetOf(ip, prefix) {
   }
   if (ip.includes(":")) {
     const groups = ipv6Groups(ip).slice(0, 4);
-    const label = `${groups.map((g) => g.toString(16)).join(":")}::/64`;
+    const shown = groups.map((g) => g.toString(16));
+    while (shown.length > 1 && shown.at(-1) === "0") shown.pop(); // fd00:20:8:0::/64 is fd00:20:8::/64
+    const label = `${shown.join(":")}::/64`;
     return { key: label, label, order: [1, ...groups] };
   }
   return { key: "other", label: "other", order: [2] };
