@@ -9,8 +9,8 @@ import { KINDS, LEVELS, address, addressOrder, compareOrder, subnetOf } from "./
 
 const SLOT_W = 150; // a device's cell in its group's grid: wide enough for an IPv4 address and a vendor
 const SLOT_H = 92;
-const GROUP_W = 170; // a collapsed group's node
-const GROUP_H = 62;
+const GROUP_W = 210; // a collapsed group's node: its three lines readable when 40 groups fill the window
+const GROUP_H = 78;
 const GAP = 70; // between groups
 const BAND_GAP = 110; // between level bands
 export const EXPAND_LIMIT = 300; // a plant with more devices starts with its groups collapsed
@@ -69,7 +69,7 @@ const STYLE = [
       "text-margin-y": 0,
       "text-wrap": "wrap",
       "text-max-width": GROUP_W - 12,
-      "font-size": 11,
+      "font-size": 15,
       "background-color": "#dde5ed",
       "background-opacity": 1,
       "border-style": "solid",
@@ -158,6 +158,7 @@ export class NetworkMap {
     this.view = null; // the last filter result
     this.drawn = false;
     this.firstDrawnAt = null;
+    this._openedAt = -Infinity;
     this.cy = window.cytoscape({
       container,
       style: STYLE,
@@ -171,7 +172,10 @@ export class NetworkMap {
     this.cy.on("tap", "edge.connection", (event) => handlers.onConnection?.(event.target.data("connectionId")));
     this.cy.on("tap", "edge.aggregate", (event) => handlers.onAggregate?.(event.target.data("connectionIds")));
     this.cy.on("tap", "node.group.collapsed", (event) => this.toggle(event.target.data("key"), true));
-    this.cy.on("dbltap", "node.group.expanded", (event) => this.toggle(event.target.data("key"), false));
+    this.cy.on("dbltap", "node.group.expanded", (event) => {
+      // the second click of a double-click on a closed group lands on it opened: that is no request to close
+      if (performance.now() - this._openedAt > 700) this.toggle(event.target.data("key"), false);
+    });
     // cytoscape caches where its container is on the page (for hit tests) and how big it is: tell it
     // whenever the page's layout changes the container (a panel opening, the window resized)
     new ResizeObserver(() => this.cy.resize()).observe(container);
@@ -194,6 +198,7 @@ export class NetworkMap {
   }
 
   toggle(key, open) {
+    if (open) this._openedAt = performance.now();
     this.cy.elements().unselect();
     this.expanded.set(key, open);
     this.draw({ arrange: true, focus: key });
