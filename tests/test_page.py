@@ -37,7 +37,8 @@ class Served:
 
     def __init__(self, db: Path, captures: list[Path]) -> None:
         self.store = Store(db)
-        replay([str(p) for p in captures], self.store, progress=False)
+        if captures:  # none: the DB is filled already
+            replay([str(p) for p in captures], self.store, progress=False)
         self.token = create_token(self.store, "page-test")
         self.generation = 0  # bumped by a test that changes the data while the page polls
         app = create_app(self.store, {"generation": lambda: self.generation, "rate_limit": 0})
@@ -410,3 +411,42 @@ def test_groups_are_the_subnets_and_the_levels_stack_plcs_at_the_bottom(visit, s
     hmis = [d["id"] for d in devices if d["type"] == "HMI"]
     assert max(y[i] for i in others) < min(y[i] for i in hmis)  # the rest on top, then HMIs and stations,
     assert max(y[i] for i in hmis) < min(y[i] for i in plcs)  # PLCs at the bottom
+
+
+def test_a_big_plant_starts_with_its_groups_closed_and_a_click_opens_one(browser, tmp_path):
+    """Over 300 devices (here 400 in two /24s, as bench/api.py builds them): groups first, devices on demand."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_api", Path(__file__).resolve().parent.parent / "bench" / "api.py"
+    )
+    bench_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_api)
+    bench_api.build_db(tmp_path / "big.duckdb", connections=2000, devices=400)
+    served = Served(tmp_path / "big.duckdb", [])
+    try:
+        visit = Visit(browser, served)
+        visit.sign_in()
+        groups = visit.hook("groups()")
+        assert sorted(g["key"] for g in groups) == ["s:10.0.0.0/24", "s:10.0.1.0/24"]
+        assert not any(g["expanded"] for g in groups)
+        assert visit.hook("drawnDevices()") == [] and visit.hook("drawnConnections()") == []
+
+        visit.click_element("g:s:10.0.1.0/24")
+        visit.page.wait_for_function("() => window.otsensorPage.drawnDevices().length > 0")
+        _, devices = served.api("/api/v1/devices")
+        _, connections = served.api("/api/v1/devices/connections")
+        inside = {d["id"] for d in devices if d["ipAddresses"][0].startswith("10.0.1.")}
+        assert set(visit.hook("drawnDevices()")) == inside
+        # a connection with both ends inside the open group is drawn as itself; the others join the groups
+        assert visit.hook("drawnConnections()") == sorted(
+            c["id"] for c in connections if c["firstDeviceId"] in inside and c["secondDeviceId"] in inside
+        )
+
+        visit.page.click("#map-expand")
+        visit.page.wait_for_function("() => window.otsensorPage.groups().every((g) => g.expanded)")
+        assert visit.hook("drawnDevices()") == sorted(d["id"] for d in devices)
+        assert visit.hook("drawnConnections()") == sorted(c["id"] for c in connections)
+        visit.close()
+    finally:
+        served.close()
