@@ -18,7 +18,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self' data: blob:",  # the map's PNG export is made as a data: URL
+        "img-src 'self'",  # the icon; the PNG and CSV exports are downloads of blob: URLs, not images
         "connect-src 'self'",
         "base-uri 'none'",
         "form-action 'none'",

@@ -66,6 +66,12 @@ export class Poller {
     this.missing = new Set(); // optional names whose endpoint answered 404
   }
 
+  /** Take an answer already in hand as the last one for `name`: the next poll asks with its ETag. */
+  seed(name, answer) {
+    this.etags[name] = answer.etag;
+    this.data[name] = answer.data;
+  }
+
   async poll() {
     const names = Object.keys(this.paths).filter((name) => !this.missing.has(name));
     const answers = await Promise.all(

@@ -246,21 +246,24 @@ function newPoller() {
 async function signIn(token) {
   // one call with the pasted token: the API's own answer says whether it is good (and why not)
   $("sign-in-error").textContent = "";
+  let answer;
   try {
-    await get("api/v1/devices", { token, etag: null });
+    answer = await get("api/v1/devices", { token, etag: null });
   } catch (error) {
     $("sign-in-error").textContent =
       error instanceof ApiError ? `${error.message} (the sensor answered ${error.status})` : `Cannot reach the sensor: ${error.message}`;
     return false;
   }
   session.keep(token);
-  start();
+  start(answer);
   return true;
 }
 
-function start() {
+/** Sign-in done: poll. `devices` is the sign-in's answer, so the first poll does not fetch it again. */
+function start(devices = null) {
   state.signedIn = true;
   state.poller = newPoller();
+  if (devices) state.poller.seed("devices", devices);
   if ($("sign-in").open) $("sign-in").close();
   $("token").value = "";
   poll();
