@@ -68,6 +68,9 @@ def create_app(store, settings: dict | None = None) -> Flask:
     auth.register(app)
     app.after_request(_headers)
     app.after_request(context.metrics.finish)
+    from .page import blueprint as page  # the map page: GET / and /web/* (no token; its data calls carry one)
+
+    app.register_blueprint(page)
     errors.register(app)
     for module in (connections, devices, openapi, health, alerts):
         app.register_blueprint(module.blueprint)

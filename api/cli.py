@@ -278,6 +278,7 @@ def cmd_demo(args) -> int:
             f"replayed {len(summary['files'])} captures from {captures[0].parent}: {summary['packets']:,} packets, "
             f"{summary['devices']:,} devices, {summary['connections']:,} connections into {db}"
         )
+        print(f"map:   {url}/  (open it in a browser and paste the token below)")
         print(f"API:   {url}/api/v1/  (OpenAPI: {url}/api/v1/openapi.json)")
         print(f"token: {token}")
         print(curl_line(url, token, args.tls_cert), flush=True)
