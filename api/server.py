@@ -35,7 +35,8 @@ MAX_HEADERS = 100
 HEAD_TIMEOUT = 10.0  # seconds from a request's first byte to its last (head and body)
 IDLE_TIMEOUT = 30.0  # seconds a connection may wait, idle, for its first or next request
 WRITE_TIMEOUT = 30.0  # seconds a client may take to read what it is sent before it is dropped
-MAX_CONNECTIONS = 900  # open connections; more wait in the listen backlog (stay under the usual 1024 fds)
+MAX_CONNECTIONS = 1000  # open connections; more wait in the listen backlog
+SPARE_FILES = 256  # file descriptors kept for everything but connections (DuckDB, logs, captures)
 STOP_GRACE = 10.0  # seconds stop() lets requests in hand finish
 HIGH_WATER = 1 << 20  # bytes queued for a client before a streaming worker waits for it
 TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -53,6 +54,22 @@ class HttpError(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None, details=None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers, self.details = status, message, headers or {}, details
+
+
+def allow_connections(wanted: int) -> int:
+    """Raise this process's open-file limit (up to its hard limit) for ``wanted`` connections; how many fit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else max(1, min(wanted, soft - SPARE_FILES))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -339,6 +356,7 @@ class ApiServer:
             raise ServeError(f"cannot listen on {self.host}:{self._port}: {error}") from None
         self._listener.setblocking(False)
         self._port = self._listener.getsockname()[1]
+        self.max_connections = allow_connections(self.max_connections)
 
     @property
     def port(self) -> int:
