@@ -13,6 +13,7 @@ that reads slowly holds no thread either (for bodies given in one piece, as ever
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import ssl
@@ -265,6 +266,9 @@ def run_app(app, environ: dict, exchange: Exchange) -> None:
         exchange.send(error_bytes(500, "Internal error; the sensor's log has the details"), False)
         return
     try:
+        pieces_in = iter(result)
+        if not started:  # a generator may call start_response only when first iterated (PEP 3333)
+            pieces_in = itertools.chain([next(pieces_in, b"")], pieces_in)
         status, headers = started
         code = _status_code(status)
         bodyless = request.method == "HEAD" or code in (204, 304) or code < 200
@@ -272,7 +276,7 @@ def run_app(app, environ: dict, exchange: Exchange) -> None:
         pieces = None
         if "content-length" not in names and not bodyless:
             if isinstance(result, (list, tuple)):
-                pieces = list(result)
+                pieces = list(pieces_in)
                 headers = [*headers, ("Content-Length", str(sum(len(p) for p in pieces)))]
             else:
                 exchange.close_after = True  # unknown length, and no chunked coding: the close ends the body
@@ -290,7 +294,7 @@ def run_app(app, environ: dict, exchange: Exchange) -> None:
         # one piece of lookahead: only the last piece is queued without waiting for the client
         previous = head_bytes
         exchange.head_sent = True
-        for piece in pieces if pieces is not None else result:
+        for piece in pieces if pieces is not None else pieces_in:
             if bodyless or not piece:
                 continue
             exchange.send(previous, True)
@@ -420,7 +424,12 @@ class ApiServer:
                 task.cancel()
             if self._connections:
                 await asyncio.wait(list(self._connections), timeout=1.0)
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            # off the loop: a worker streaming a body waits on the loop until its connection is closed
+            ending = asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+            try:
+                await asyncio.wait_for(ending, STOP_GRACE)
+            except TimeoutError:
+                log.warning("API workers still busy after %g s; leaving them", STOP_GRACE)
             with self._lock:
                 self._loop = None
 

@@ -202,6 +202,16 @@ def test_a_client_that_does_not_read_holds_no_worker(running):
         assert status == 200 and len(body) == size
 
 
+def test_a_wsgi_generator_may_start_its_response_when_first_iterated(running):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])  # PEP 3333 allows this inside the generator
+        yield b"late"
+        yield b" start"
+
+    status, headers, body = ask(running(app), "/")
+    assert status == 200 and body == b"late start" and headers["Connection"] == "close"
+
+
 def test_keep_alive_pipelining_head_and_304(running, token):
     server = running()
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=PATIENCE)
