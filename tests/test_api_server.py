@@ -322,3 +322,79 @@ def test_connection_id_pattern_is_what_the_server_accepts(store, token):
             text = f"{first}-{second}"
             status = client.get(f"/api/v1/connections/{text}", headers={"Authorization": token}).status_code
             assert (status != 400) == bool(re.fullmatch(pattern, text)), (text, status)
+
+
+# -- the HTTP layer fuzzed: whatever bytes arrive, an answer in the one shape (or a silent close), never a 500
+
+SEEDS = [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /api/v1/devices/1/connections?discoveredAfter=5 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n",
+    b"HEAD /api/v1/devices HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"OPTIONS /api/v1/connections/1-2 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+]
+
+
+def answers(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """Every response in ``data`` (status, head, body), Content-Length framed; the rest up to the close."""
+    found = []
+    while data:
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        assert separator and head.startswith(b"HTTP/1.1 "), data[:200]
+        status = int(head.split()[1])
+        lengths = re.findall(rb"\r\nContent-Length: (\d+)", head)
+        length = int(lengths[0]) if lengths else len(rest)
+        if not rest or rest.startswith(b"HTTP/1.1 "):
+            length = 0  # the answer to a HEAD (or a 304): no body, whatever its Content-Length says
+        found.append((status, head, rest[:length]))
+        data = rest[length:]
+    return found
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(store):
+    server = ApiServer(create_app(store, {"rate_limit": 0}), "127.0.0.1", 0, head_timeout=2.0)
+    server.prepare()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.stop()
+    thread.join(15)
+
+
+def test_mutated_requests_get_an_answer_in_the_one_shape_or_a_close(fuzzed_server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @st.composite
+    def mutated(draw):
+        data = bytearray(draw(st.sampled_from(SEEDS)))
+        for _ in range(draw(st.integers(1, 4))):
+            where = draw(st.integers(0, len(data)))
+            kind = draw(st.sampled_from(["flip", "insert", "delete", "repeat"]))
+            if kind == "flip" and where < len(data):
+                data[where] = draw(st.integers(0, 255))
+            elif kind == "insert":
+                data[where:where] = draw(st.sampled_from([b"\r\n", b"\n", b" ", b":", b"\x00", b"\xff", b"HTTP/2.0"]))
+            elif kind == "delete":
+                del data[where : where + draw(st.integers(1, 8))]
+            else:
+                data[where:where] = data[where : where + 16] * draw(st.integers(2, 50))
+        return bytes(data)
+
+    @given(request=mutated())
+    @settings(max_examples=1000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    def answered(request):
+        with connect(fuzzed_server) as sock:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)  # the request is all there is: the server must answer or close
+            data = bytearray()
+            while chunk := sock.recv(65536):
+                data += chunk
+        for status, head, body in answers(bytes(data)):
+            assert status != 500 and status < 600, (request, head)
+            if status >= 400 and body:  # (a HEAD's error has none)
+                assert set(json.loads(body)) == ERROR_KEYS, (request, body)
+
+    answered()
+    assert ask(fuzzed_server, "/healthz")[0] == 200  # and it still serves
