@@ -19,6 +19,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from http import HTTPStatus
@@ -36,7 +37,7 @@ MAX_HEADERS = 100
 HEAD_TIMEOUT = 10.0  # seconds from a request's first byte to its last (head and body)
 IDLE_TIMEOUT = 30.0  # seconds a connection may wait, idle, for its first or next request
 WRITE_TIMEOUT = 30.0  # seconds a client may take to read what it is sent before it is dropped
-MAX_CONNECTIONS = 1000  # open connections; more wait in the listen backlog
+MAX_CONNECTIONS = 1000  # open connections; at the limit the one waited on longest is closed
 SPARE_FILES = 256  # file descriptors kept for everything but connections (DuckDB, logs, captures)
 STOP_GRACE = 10.0  # seconds stop() lets requests in hand finish
 HIGH_WATER = 1 << 20  # bytes queued for a client before a streaming worker waits for it
@@ -349,7 +350,8 @@ class ApiServer:
         self._wake: asyncio.Event | None = None
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
-        self._connections: dict[asyncio.Task, bool] = {}  # task -> a request of it is in the app now
+        # task -> since when it waits on its client (monotonic), or None while a request of it is in the app
+        self._connections: dict[asyncio.Task, float | None] = {}
 
     def prepare(self) -> None:
         """Bind and listen; after this ``port`` is the real port (useful with port 0)."""
@@ -415,8 +417,8 @@ class ApiServer:
         finally:
             accepting.cancel()
             self._listener.close()
-            for task, busy in list(self._connections.items()):
-                if not busy:
+            for task, waiting in list(self._connections.items()):
+                if waiting is not None:
                     task.cancel()  # idle or still reading: nothing in hand to finish
             if self._connections:
                 await asyncio.wait(list(self._connections), timeout=STOP_GRACE)
@@ -438,7 +440,8 @@ class ApiServer:
         while True:
             while len(self._connections) >= self.max_connections:
                 self._room.clear()
-                await self._room.wait()  # the rest wait in the kernel's backlog
+                self._drop_longest_waiting()
+                await self._room.wait()  # meanwhile the next ones wait in the kernel's backlog
             try:
                 sock, address = await loop.sock_accept(self._listener)
             except OSError as error:  # out of file descriptors, or a connection reset before accept
@@ -446,8 +449,19 @@ class ApiServer:
                 await asyncio.sleep(0.1)
                 continue
             task = asyncio.create_task(self._connection(sock, address))
-            self._connections[task] = False
+            self._connections[task] = time.monotonic()
             task.add_done_callback(self._forget)
+
+    def _drop_longest_waiting(self) -> None:
+        """At the connection limit, close the connection that has kept the server waiting longest.
+
+        Slow and idle clients cannot keep new ones out: the oldest of them goes first, while a poller
+        that was just answered (its wait starts anew) and requests in the app are never dropped.
+        """
+        waiting = [(since, task) for task, since in self._connections.items() if since is not None]
+        waiting = [(since, task) for since, task in waiting if not task.cancelling()]
+        if waiting:
+            min(waiting, key=lambda pair: pair[0])[1].cancel()
 
     def _forget(self, task: asyncio.Task) -> None:
         self._connections.pop(task, None)
@@ -514,11 +528,11 @@ class ApiServer:
                 await self._refuse(reader, writer, error)
                 return
             exchange = Exchange(loop, writer, request)
-            self._connections[task] = True
+            self._connections[task] = None
             try:
                 await loop.run_in_executor(self._pool, run_app, self.app, environ, exchange)
             finally:
-                self._connections[task] = False
+                self._connections[task] = time.monotonic()
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await writer.drain()  # the client reads its answer before its next request is read
             if exchange.close_after:

@@ -119,13 +119,17 @@ class Trickle:
         self.sockets = sockets
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
+        self.dropped: set[socket.socket] = set()  # closed by the server
 
     def run(self) -> None:
         for sock in self.sockets:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         while not self.stop.wait(0.1):
-            for sock in self.sockets:
-                sock.sendall(b"X")  # one more byte of a header name that never ends
+            for sock in set(self.sockets) - self.dropped:
+                try:
+                    sock.sendall(b"X")  # one more byte of a header name that never ends
+                except OSError:
+                    self.dropped.add(sock)
 
     def __enter__(self):
         self.thread.start()
@@ -158,6 +162,22 @@ def test_slow_and_idle_clients_do_not_stall_honest_ones(running, token, certific
         assert status == 200 and json.loads(body)["status"] == "ok"
     finally:
         for sock in slow + idle:
+            sock.close()
+
+
+def test_at_the_connection_limit_the_longest_waiting_connection_makes_room(running):
+    """More slow clients than the server keeps open: the oldest are closed, so a new honest one gets in."""
+    server = running(max_connections=20, threads=2)
+    slow = [connect(server) for _ in range(40)]
+    try:
+        with Trickle(slow) as trickle:
+            time.sleep(0.5)
+            status, _, body = ask(server, "/healthz")
+            assert status == 200 and json.loads(body)["status"] == "ok"
+            time.sleep(0.3)
+        assert trickle.dropped  # slow ones were closed to make room
+    finally:
+        for sock in slow:
             sock.close()
 
 
