@@ -41,6 +41,7 @@ MAX_CONNECTIONS = 1000  # open connections; at the limit the one waited on longe
 SPARE_FILES = 256  # file descriptors kept for everything but connections (DuckDB, logs, captures)
 STOP_GRACE = 10.0  # seconds stop() lets requests in hand finish
 HIGH_WATER = 1 << 20  # bytes queued for a client before a streaming worker waits for it
+SMALL_WRITE = 64 * 1024  # pieces up to this size (with the head) are joined into one write
 TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 TLS_HANDSHAKE = 0x16  # the first byte of every TLS ClientHello record
 SERVER_NAME = "otsensor"
@@ -292,11 +293,15 @@ def run_app(app, environ: dict, exchange: Exchange) -> None:
         elif request.version == "HTTP/1.0":
             head.append("Connection: keep-alive")
         head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
-        # one piece of lookahead: only the last piece is queued without waiting for the client
+        # one piece of lookahead: only the last piece is queued without waiting for the client; small
+        # pieces go with the head (one hand-over to the loop for a typical answer)
         previous = head_bytes
         exchange.head_sent = True
         for piece in pieces if pieces is not None else pieces_in:
             if bodyless or not piece:
+                continue
+            if len(previous) + len(piece) <= SMALL_WRITE:
+                previous += bytes(piece)
                 continue
             exchange.send(previous, True)
             previous = bytes(piece)
