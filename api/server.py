@@ -36,7 +36,7 @@ MAX_BODY_BYTES = 64 * 1024  # the API reads no bodies
 MAX_HEADERS = 100
 HEAD_TIMEOUT = 10.0  # seconds from a request's first byte to its last (head and body)
 IDLE_TIMEOUT = 30.0  # seconds a connection may wait, idle, for its first or next request
-WRITE_TIMEOUT = 30.0  # seconds a client may take to read what it is sent before it is dropped
+WRITE_TIMEOUT = 30.0  # seconds a client may take nothing of what it is sent before it is dropped
 MAX_CONNECTIONS = 1000  # open connections; at the limit the one waited on longest is closed
 SPARE_FILES = 256  # file descriptors kept for everything but connections (DuckDB, logs, captures)
 STOP_GRACE = 10.0  # seconds stop() lets requests in hand finish
@@ -488,7 +488,10 @@ class ApiServer:
                 return
             await self._requests(reader, writer, address)
         except (TimeoutError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass  # the client went away, timed out idle, or failed its TLS handshake: nothing to answer
+            # the client went away, timed out, stopped reading or failed its TLS handshake: nothing to answer,
+            # and nothing queued for it is worth sending any more
+            if writer is not None:
+                writer.transport.abort()
         except Exception:  # noqa: BLE001 — one connection's failure must never end the server
             log.exception("connection from %s failed", address)
         finally:
@@ -538,8 +541,7 @@ class ApiServer:
                 await loop.run_in_executor(self._pool, run_app, self.app, environ, exchange)
             finally:
                 self._connections[task] = time.monotonic()
-            async with asyncio.timeout(WRITE_TIMEOUT):
-                await writer.drain()  # the client reads its answer before its next request is read
+            await _drain(writer)  # the client reads its answer before its next request is read
             if exchange.close_after:
                 await _close_gently(reader, writer)
                 return
@@ -593,6 +595,22 @@ class ApiServer:
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: HttpError) -> None:
         writer.write(error_bytes(error.status, error.message, headers=error.headers, details=error.details))
         await _close_gently(reader, writer)
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    """Wait until the client has taken what is queued for it; TimeoutError if it takes nothing for WRITE_TIMEOUT.
+
+    A big answer over a slow link may take minutes: only a client that stops reading is dropped.
+    """
+    while True:
+        queued = writer.transport.get_write_buffer_size()
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
+            return
+        except TimeoutError:
+            if writer.transport.get_write_buffer_size() >= queued:
+                raise
 
 
 async def _peek(sock: socket.socket) -> bytes:

@@ -222,6 +222,28 @@ def test_a_client_that_does_not_read_holds_no_worker(running):
         assert status == 200 and len(body) == size
 
 
+def test_a_slow_reader_gets_all_of_a_big_answer_and_one_that_stops_is_dropped(running, monkeypatch):
+    """The write deadline is for taking nothing: a big answer to a slow link goes on as long as data moves."""
+    import api.server
+
+    monkeypatch.setattr(api.server, "WRITE_TIMEOUT", 0.5)
+    size = 24 << 20
+    server = running(big_app(size))
+    with connect(server) as slow, connect(server) as stopped:
+        slow.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        stopped.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = 0
+        while chunk := slow.recv(1 << 20):  # a megabyte every 0.2 s: far longer than 0.5 s in all
+            received += len(chunk)
+            if received >= size:
+                break
+            time.sleep(0.2 * len(chunk) / (1 << 20))
+        assert received >= size  # head and the whole body
+        time.sleep(1.0)  # the stopped client has taken nothing for twice the deadline: it was dropped
+        with pytest.raises((ConnectionError, OSError, AssertionError)):
+            assert len(read_answer(stopped)[2]) == size
+
+
 def test_a_wsgi_generator_may_start_its_response_when_first_iterated(running):
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])  # PEP 3333 allows this inside the generator
