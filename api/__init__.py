@@ -22,6 +22,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "token_cache_seconds": 1.0,  # how stale the token table may be: a revocation bites within this
     "stats": None,  # callable (or object with snapshot()) giving capture statistics; None: replay values
     "generation": None,  # callable: changes whenever the data may change (see api.etag); None: store's
+    "render_cache_bytes": 64 << 20,  # rendered bodies kept per data generation (api.etag.RenderCache); 0: none
 }
 
 
@@ -56,11 +57,14 @@ def create_app(store, settings: dict | None = None) -> Flask:
     generation = settings["generation"]
     if generation is None and hasattr(store, "generation"):
         generation = lambda: store.generation  # noqa: E731 — read at each request, not once
+    if generation is not None and hasattr(store, "edits"):  # writes outside merges (handling an alert) count too
+        merges = generation
+        generation = lambda: (merges(), store.edits)  # noqa: E731
     context = ApiContext(store=store, settings=settings, stats=settings["stats"])
     context.tokens = auth.TokenBook(store, settings["token_cache_seconds"])
     if settings["rate_limit"]:
         context.limiter = auth.RateLimiter(int(settings["rate_limit"]), float(settings["rate_window"]))
-    context.validators = Validators(generation)
+    context.validators = Validators(generation, int(settings["render_cache_bytes"] or 0))
     context.metrics = health.ApiMetrics(context)
     app.extensions["otsensor"] = context
 

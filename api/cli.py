@@ -20,7 +20,7 @@ from sensor.store import Store, existing_db
 
 from . import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SETTINGS
 
-# Flask, cheroot and prometheus-client are imported by the handlers that need them, not on every `otsensor`
+# Flask, the server and prometheus-client are imported by the handlers that need them, not on every `otsensor`
 
 DEFAULT_DB = "otsensor.duckdb"
 DEMO_DB = "otsensor-demo.duckdb"

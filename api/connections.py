@@ -24,10 +24,18 @@ def _list(resource: str, where: serialize.ConnectionFilter, device_id: int | Non
         tag = context.validators.for_request(f"{resource}?{where}")
         if tag is not None and etag.matches(tag):
             return etag.not_modified(tag)  # the tag proves this answer was given for the same data
-    cursor = context.store.cursor()
-    body = serialize.connections_json(cursor, where)
-    # a device with connections is known; only an empty list needs the second query to tell 404 from []
-    if device_id is not None and body == "[]" and serialize.device(cursor, device_id) is None:
+
+    def render() -> str | None:
+        cursor = context.store.cursor()
+        body = serialize.connections_json(cursor, where)
+        # a device with connections is known; only an empty list needs the second query to tell 404 from []
+        if device_id is not None and body == "[]" and serialize.device(cursor, device_id) is None:
+            return None
+        return body
+
+    # a wall-clock window is never cached: its answer changes without any merge
+    body = render() if tag is None else context.validators.body(f"{resource}?{where}", render)
+    if body is None:
         raise not_found(f"Cannot find device {device_id}")
     return etag.json_response(body, tag)
 
@@ -46,7 +54,13 @@ def device_connections(device_id: str):
 @blueprint.get("/connections/<connection_id>")
 def connection(connection_id: str):
     first, second = params.connection_id(connection_id)
-    detail = serialize.connection_detail(current_app.extensions["otsensor"].store.cursor(), first, second)
-    if detail is None:
+    context = current_app.extensions["otsensor"]
+
+    def render() -> str | None:
+        detail = serialize.connection_detail(context.store.cursor(), first, second)
+        return None if detail is None else serialize.dumps(detail)
+
+    body = context.validators.body(f"connection/{first}-{second}", render)
+    if body is None:
         raise not_found(f"Cannot find connection {first}-{second}")
-    return etag.json_response(serialize.dumps(detail))
+    return etag.json_response(body)

@@ -21,13 +21,20 @@ def all_devices():
     tag = context.validators.for_request("devices")
     if tag is not None and etag.matches(tag):
         return etag.not_modified(tag)
-    return etag.json_response(serialize.dumps(serialize.devices(context.store.cursor())), tag)
+    body = context.validators.body("devices", lambda: serialize.dumps(serialize.devices(context.store.cursor())))
+    return etag.json_response(body, tag)
 
 
 @blueprint.get("/devices/<device_id>")
 def one_device(device_id: str):
     number = params.non_negative("deviceId", device_id)
-    found = serialize.device(current_app.extensions["otsensor"].store.cursor(), number)
-    if found is None:
+    context = current_app.extensions["otsensor"]
+
+    def render() -> str | None:
+        found = serialize.device(context.store.cursor(), number)
+        return None if found is None else serialize.dumps(found)
+
+    body = context.validators.body(f"device/{number}", render)
+    if body is None:
         raise not_found(f"Cannot find device {number}")
-    return etag.json_response(serialize.dumps(found))
+    return etag.json_response(body)

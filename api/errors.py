@@ -18,6 +18,7 @@ IDENTIFIERS = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",

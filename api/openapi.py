@@ -15,6 +15,25 @@ from .params import MAX_CONNECTION_ID, MAX_INTEGER
 blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
 INTEGER = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
+
+
+def digits_at_most(limit: int) -> str:
+    """A regular expression for what params.non_negative accepts: ASCII digits (leading zeros too) of
+    the same count as ``limit`` at most, whose value is at most ``limit``."""
+    text = str(limit)
+    shorter = f"[0-9]{{1,{len(text) - 1}}}" if len(text) > 1 else None
+    # as long as limit: its first i digits, then a smaller digit, then anything
+    same = [
+        text[:i]
+        + (f"[0-{int(text[i]) - 1}]" if text[i] != "1" else "0")
+        + (f"[0-9]{{{len(text) - i - 1}}}" if i < len(text) - 1 else "")
+        for i in range(len(text))
+        if text[i] != "0"
+    ]
+    return "(?:" + "|".join(filter(None, [shorter, *same, text])) + ")"
+
+
+ID_PART = digits_at_most(MAX_INTEGER)
 EPOCH_MS = {**INTEGER, "description": "epoch milliseconds, UTC"}
 STRINGS = {"type": "array", "items": {"type": "string"}}
 NULLABLE_STRING = {"type": "string", "nullable": True}
@@ -260,7 +279,7 @@ PARAMETERS = {
         "in": "path",
         "required": True,
         "description": "<firstDeviceId>-<secondDeviceId>, each part at most 2^53",
-        "schema": {"type": "string", "maxLength": MAX_CONNECTION_ID, "pattern": r"^[0-9]{1,16}-[0-9]{1,16}$"},
+        "schema": {"type": "string", "maxLength": MAX_CONNECTION_ID, "pattern": f"^{ID_PART}-{ID_PART}$"},
     },
     "deviceId": {
         "name": "deviceId",

@@ -9,7 +9,7 @@ clean stop; never decodes a packet in the main process, never sends on a capture
               └──────────── a pipe per worker ─────────────► main: pending ConnectionTable
                                                             (the semilattice join of deltas)
     main: APScheduler jobs — flush (Store.merge every flush_interval), statistics, retention —
-          the API (cheroot) in a thread, over the same Store, and the admin socket (sensor.admin:
+          the API (api.server: an asyncio front and a worker pool) in threads, over the same Store, and the admin socket (sensor.admin:
           tokens, queries, status, export for the CLI while this process holds the DB).
     SIGHUP: the settings are read again; bpf, flush_interval, retention_days and rate_limit change live
           (a new filter goes down each worker's orders pipe and onto its open sockets), the rest is

@@ -58,6 +58,7 @@ class Store:
         self._local = threading.local()
         self._file_open = False  # inside ingesting(): merges join the file's transaction
         self._unpublished: list[int] = []  # alerts opened inside it, told to the sinks after its commit
+        self.edits = 0  # bumped by writes outside merges (handling an alert): part of the API's data generation
         if not read_only:
             self._migrate()
 
@@ -135,11 +136,14 @@ class Store:
         from .detect import handle
 
         with self._lock:
+            self.edits += 1  # before and after: a reader mid-write never keeps a stale rendering
             try:
                 with self.transaction():
                     return handle(self.db, alert_id, learn, time.time_ns() // 1_000_000)
             except duckdb.Error as error:
                 raise _failure(f"writing to {self.path} failed", error) from None
+            finally:
+                self.edits += 1
 
     def _merge_devices(self, delta: ConnectionTable, changes: Changes) -> dict[bytes, int]:
         db = self.db

@@ -495,3 +495,29 @@ def test_ads_write_control_and_umas_raise_stop_start_and_download(tmp_path, tsha
         assert info.split() == ["5", "0x0005"], info  # Write Control, ADS state RUN
     finally:
         store.close()
+
+
+def test_handling_an_alert_is_seen_at_once_by_an_api_that_renders_once_per_generation(tmp_path):
+    """`serve` and `run` render answers once per data generation (flushes); handling an alert writes outside
+    a flush (learned devices become authorized), so it too must give the lists a new generation."""
+    store = Store(tmp_path / "g.duckdb", detector=Detector(learning_hours=0))
+    try:
+        store.merge(delta([(A, B, 502, "Read Coils", T0)]))
+        token = create_token(store, "g")
+        client = create_app(store, {"generation": lambda: 0, "rate_limit": 0}).test_client()
+        headers = {"Authorization": token}
+
+        def authorized() -> dict:
+            return {
+                d["ipAddresses"][0]: d["authorized"] for d in client.get("/api/v1/devices", headers=headers).get_json()
+            }
+
+        assert authorized() == {"10.1.0.1": False, "10.1.0.2": False}
+        etag = client.get("/api/v1/devices", headers=headers).headers["ETag"]
+        new_device = next(a for a in serialize.alerts(store.cursor()) if a["title"] == "New device detected")
+        answer = client.put(f"/api/v1/alerts/{new_device['id']}", json={"action": "handleAndLearn"}, headers=headers)
+        assert answer.status_code == 200
+        assert True in authorized().values()
+        assert client.get("/api/v1/devices", headers={**headers, "If-None-Match": etag}).status_code == 200
+    finally:
+        store.close()

@@ -1,7 +1,7 @@
 """The network map page (CONTRACT.md section 5) in a real browser: Debian's Chromium driven by Playwright.
 
 Over a DB made from the bundled captures (as `otsensor demo` makes it), served by the real server
-(api.server, cheroot) on loopback: a user signs in with a token and sees the API's devices and
+(api.server) on loopback: a user signs in with a token and sees the API's devices and
 connections on the map, opens a device and a connection, filters on `PLC Stop`, exports tables, and
 the page never talks to anything but the sensor it came from, under a Content-Security-Policy it keeps.
 """
