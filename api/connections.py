@@ -24,10 +24,10 @@ def _list(resource: str, where: serialize.ConnectionFilter, device_id: int | Non
         tag = context.validators.for_request(f"{resource}?{where}")
         if tag is not None and etag.matches(tag):
             return etag.not_modified(tag)  # the tag proves this answer was given for the same data
-    cursor = context.store.cursor()
-    body = serialize.connections_json(cursor, where)
+    store = context.store
+    body = store.connections_json(where)
     # a device with connections is known; only an empty list needs the second query to tell 404 from []
-    if device_id is not None and body == "[]" and serialize.device(cursor, device_id) is None:
+    if device_id is not None and body == "[]" and store.device(device_id) is None:
         raise not_found(f"Cannot find device {device_id}")
     return etag.json_response(body, tag)
 
@@ -46,7 +46,7 @@ def device_connections(device_id: str):
 @blueprint.get("/connections/<connection_id>")
 def connection(connection_id: str):
     first, second = params.connection_id(connection_id)
-    detail = serialize.connection_detail(current_app.extensions["otsensor"].store.cursor(), first, second)
+    detail = current_app.extensions["otsensor"].store.connection_detail(first, second)
     if detail is None:
         raise not_found(f"Cannot find connection {first}-{second}")
     return etag.json_response(serialize.dumps(detail))

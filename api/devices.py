@@ -18,16 +18,17 @@ blueprint = Blueprint("devices", __name__, url_prefix="/api/v1")
 @blueprint.get("/devices")
 def all_devices():
     context = current_app.extensions["otsensor"]
-    tag = context.validators.for_request("devices")
+    scope = params.fleet_scope()
+    tag = context.validators.for_request(f"devices?{scope}")
     if tag is not None and etag.matches(tag):
         return etag.not_modified(tag)
-    return etag.json_response(serialize.dumps(serialize.devices(context.store.cursor())), tag)
+    return etag.json_response(serialize.dumps(context.store.devices(scope)), tag)
 
 
 @blueprint.get("/devices/<device_id>")
 def one_device(device_id: str):
     number = params.non_negative("deviceId", device_id)
-    found = serialize.device(current_app.extensions["otsensor"].store.cursor(), number)
+    found = current_app.extensions["otsensor"].store.device(number)
     if found is None:
         raise not_found(f"Cannot find device {number}")
     return etag.json_response(serialize.dumps(found))

@@ -10,6 +10,7 @@ import sys
 
 from api import cli as api_commands
 
+from . import console as fleet_commands
 from . import serialize
 from .readers import CaptureError
 from .settings import add_arguments as add_run_arguments
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("paths", nargs="+", metavar="PATH")
     replay.add_argument("--db", default=DEFAULT_DB)
     replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    replay.add_argument("--config", metavar="FILE", help="settings file: with [fleet], ship to ClickHouse too")
 
     connections = commands.add_parser("connections", help="print the connections JSON the API serves")
     connections.add_argument("--db", default=DEFAULT_DB)
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
 
     api_commands.add_commands(commands)  # serve, demo, token (Flask is imported only when they run)
+    fleet_commands.add_commands(commands)  # fleet init, console
     return parser
 
 
@@ -59,15 +62,35 @@ def cmd_replay(args) -> int:
     from .replay import existing_paths, format_summary, replay
 
     existing_paths(args.paths)
+    shipper = _fleet_shipper(args)
     store = Store(args.db)
     try:
-        summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty())
+        summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty(), fleet=shipper)
     finally:
         store.close()
+        if shipper is not None:  # ship what it can now; the rest waits in the spool for the next run
+            shipper.close(timeout=120)
+            summary_fleet = shipper.stats()
+    if shipper is not None:
+        summary["fleet"] = summary_fleet
     print(serialize.dumps(summary) if args.json else format_summary(summary))
     if not summary["files"] or summary["notCaptures"]:  # the captures among them are stored all the same
         raise CaptureError("; ".join(summary["notCaptures"]) or "no capture files found")
     return 0
+
+
+def _fleet_shipper(args):
+    """`replay --config FILE` with [fleet]: a shipper whose spool is beside --db (sensor.fleet)."""
+    if not args.config:
+        return None
+    from . import fleet
+    from .settings import SettingsError, load
+
+    try:
+        settings = load(args.config)
+    except SettingsError as error:
+        raise UsageError(str(error)) from None
+    return fleet.start(settings.fleet, args.db)
 
 
 def cmd_connections(args) -> int:
@@ -108,6 +131,7 @@ COMMANDS = {
     "devices": cmd_devices,
     "run": cmd_run,
     **api_commands.COMMANDS,
+    **fleet_commands.COMMANDS,
 }
 
 

@@ -41,6 +41,7 @@ import threading
 import time
 import traceback
 
+from . import fleet
 from .capture import Capture, CaptureUnavailable, prepare_passive_interface
 from .connections import Connection, ConnectionTable, Device
 from .engine import Engine
@@ -277,6 +278,7 @@ class Daemon:
         self.server = None
         self.server_thread = None
         self.collector = None
+        self.fleet = fleet.start(settings.fleet, settings.db)  # None without [fleet]; ships in its own thread
 
     # -- workers ---------------------------------------------------------------------------------
     def start_worker(self, worker: Worker) -> None:
@@ -419,6 +421,8 @@ class Daemon:
                 try:
                     self.generation += 1  # before and after: a reader mid-write never keeps a stale tag
                     self.store.merge(delta)
+                    if self.fleet is not None:
+                        self.fleet.submit(delta)  # returns at once: spooled and shipped by the fleet thread
                 except Exception as error:  # noqa: BLE001 — disk full, I/O error: keep the data, say so
                     with self.pending_lock:
                         delta.merge(self.pending)  # the join again: nothing counted twice, nothing lost
@@ -506,6 +510,7 @@ class Daemon:
             "pending_connections": pending,
             "workers": len(self.workers),
             "problems": list(dict.fromkeys(problems)),
+            "fleet": None if self.fleet is None else self.fleet.stats(),
         }
 
     # -- the API ---------------------------------------------------------------------------------
@@ -604,6 +609,9 @@ class Daemon:
         flushed = self.flush()
         if not flushed:
             log.error("the last flush failed: %d connections are lost", len(self.pending))
+        if self.fleet is not None and not self.fleet.close():
+            log.warning("fleet: %d deltas wait in %s for ClickHouse", len(self.fleet.spool.pending()),
+                        self.fleet.spool.folder)  # fmt: skip
         if self.server is not None:
             self.server.stop()
             self.server.wait_stopped(10)

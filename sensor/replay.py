@@ -57,13 +57,19 @@ def _no_cycle_collection():
             gc.enable()
 
 
-def replay(paths: list[str], store: Store, progress: bool = True) -> dict:
-    """Ingest every capture under paths; returns the summary. Raises CaptureError if nothing was a capture."""
+def replay(paths: list[str], store: Store, progress: bool = True, fleet=None) -> dict:
+    """Ingest every capture under paths; returns the summary. Raises CaptureError if nothing was a capture.
+    ``fleet`` (a sensor.fleet.Shipper) gets every delta merged, to ship to ClickHouse too."""
     with _no_cycle_collection():
-        return _replay(paths, store, progress)
+        return _replay(paths, store, progress, fleet)
 
 
-def _replay(paths: list[str], store: Store, progress: bool) -> dict:
+def _replay(paths: list[str], store: Store, progress: bool, fleet=None) -> dict:
+    def merge(delta) -> None:
+        store.merge(delta)
+        if fleet is not None:
+            fleet.submit(delta)
+
     started = time.monotonic()
     files = iter_capture_files(paths)
     engine = Engine()
@@ -81,12 +87,12 @@ def _replay(paths: list[str], store: Store, progress: bool) -> dict:
         for batch in reader.batches():
             engine.process_batch(batch)
             if len(engine.table) >= FLUSH_CONNECTIONS:
-                store.merge(engine.take_delta())
+                merge(engine.take_delta())
             if bar:
                 bar.update(done_before + reader.bytes_read, engine.packets)
         problems.extend(f"{path}: {problem}" for problem in reader.problems)
         done_before += path.stat().st_size
-    store.merge(engine.take_delta())
+    merge(engine.take_delta())
     if bar:
         bar.update(total, engine.packets, final=True)
     seconds = time.monotonic() - started

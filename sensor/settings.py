@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 
 try:
     import tomllib
@@ -21,6 +22,51 @@ DEFAULT_CONFIG = "/etc/otsensor/otsensor.toml"
 
 class SettingsError(Exception):
     """The settings cannot be used (unreadable or malformed file, unknown key, wrong type); one line."""
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """The ``[fleet]`` table: ship each flush's delta to ClickHouse as well (contract section 6, sensor.fleet)."""
+
+    clickhouse_url: str = ""  # http[s]://host:8123/[?database=otsensor]; empty: no fleet
+    site: str = ""  # the plant or SPAN point's site name: devices are (site, ip) fleet-wide
+    sensor_id: str = field(default_factory=lambda: socket.gethostname())
+    user: str | None = None  # ClickHouse user and password (HTTP basic authentication)
+    password: str | None = None
+    ca_file: str | None = None  # PEM bundle to trust for an https URL (default: the system's)
+    spool_mb: float = 256.0  # the on-disk spool beside the DB; deltas beyond it are dropped and counted
+    timeout: float = 30.0  # seconds for one HTTP request
+
+
+_FLEET_TYPES = {"clickhouse_url": (str,), "site": (str,), "sensor_id": (str,), "user": (str,), "password": (str,),
+                "ca_file": (str,), "spool_mb": (int, float), "timeout": (int, float)}  # fmt: skip
+
+
+def fleet_settings(table, source: str) -> FleetSettings:
+    """``[fleet]`` from TOML, checked: one line of error naming the key."""
+    if not isinstance(table, dict):
+        raise SettingsError(f"{source}: fleet must be a table ([fleet]), not {table!r}")
+    values = {}
+    for key, value in table.items():
+        kinds = _FLEET_TYPES.get(key)
+        if kinds is None:
+            raise SettingsError(f"{source}: unknown setting fleet.{key} (known: {', '.join(_FLEET_TYPES)})")
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise SettingsError(f"{source}: fleet.{key} must be {_TYPE_NAMES[kinds[-1]]}, not {value!r}")
+        values[key] = (
+            float(value) if float in kinds else (value or None) if key in {"user", "password", "ca_file"} else value
+        )
+    fleet = FleetSettings(**values)
+    if fleet.clickhouse_url:
+        if not fleet.site:
+            raise SettingsError(f"{source}: fleet.site is required with fleet.clickhouse_url")
+        if not fleet.clickhouse_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{source}: fleet.clickhouse_url must be an http:// or https:// URL")
+        if not fleet.sensor_id or len(fleet.sensor_id) > 64 or len(fleet.site) > 64:
+            raise SettingsError(f"{source}: fleet.site and fleet.sensor_id are 1 to 64 characters")
+        if fleet.spool_mb <= 0 or fleet.timeout <= 0:
+            raise SettingsError(f"{source}: fleet.spool_mb and fleet.timeout must be positive")
+    return fleet
 
 
 @dataclass(frozen=True)
@@ -40,6 +86,7 @@ class Settings:
     api_threads: int = 8  # API requests answered at once
     prepare_interfaces: bool = False  # bring the interfaces up listen-only (no address, ARP, IPv6) first
     ring_mb: int = 64  # kernel ring per interface and worker, in MiB (1 MiB blocks)
+    fleet: FleetSettings | None = None  # [fleet]: ship deltas to ClickHouse (TOML only)
 
     def check(self) -> None:
         """What `run` needs beyond well-typed values; SettingsError names the setting."""
@@ -76,9 +123,10 @@ _TYPES = {
     "api_threads": (int,),
     "prepare_interfaces": (bool,),
     "ring_mb": (int,),
+    "fleet": (dict,),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
-               bool: "true or false"}  # fmt: skip
+               bool: "true or false", dict: "a table"}  # fmt: skip
 
 
 def _value(key: str, value, source: str):
@@ -90,6 +138,8 @@ def _value(key: str, value, source: str):
     # bool is an int in Python but not a number of workers; an int is a fine number of seconds
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise SettingsError(f"{source}: {key} must be {_TYPE_NAMES[kinds[0]]}, not {value!r}")
+    if key == "fleet":
+        return fleet_settings(value, source)
     if key == "interfaces":
         if not all(isinstance(name, str) and name for name in value):
             raise SettingsError(f"{source}: interfaces must be a list of interface names, not {value!r}")
@@ -196,4 +246,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The settings given as flags (``add_arguments``'s), for :func:`load`."""
-    return {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    return {f.name: getattr(args, f.name, None) for f in fields(Settings) if f.name != "fleet"}
