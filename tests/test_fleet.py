@@ -22,10 +22,10 @@ from tests import fleet_servers
 from tests.fleet_servers import ClickHouseServer, cluster_xml
 
 REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "pcaps" / "real"
-SENSORS = {  # sensor id -> (site, captures): a and b share a site (and the S7-300's addresses)
-    "sensor-a": ("plant-1", ["iti/s7_step7_s300_readDiagData.pcapng", "iti/ModbusTCP_modbus_test_data_part1.pcap"]),
-    "sensor-b": ("plant-1", ["iti/s7_step7_s300_readVarTab.pcapng", "ndpi/modbus.pcap"]),
-    "sensor-c": (
+SENSORS = {  # sensor id -> (site, captures): 1 and 2 share a site (and the S7-300's addresses)
+    "sensor-1": ("plant-1", ["iti/s7_step7_s300_readDiagData.pcapng", "iti/ModbusTCP_modbus_test_data_part1.pcap"]),
+    "sensor-2": ("plant-1", ["iti/s7_step7_s300_readVarTab.pcapng", "ndpi/modbus.pcap"]),
+    "sensor-3": (
         "plant-2",
         ["ndpi/http.pcapng", "iti/s7_s7-1200-hmi.pcap", "icsnpp-s7comm/s7ident.pcap", "ndpi/beckhoff_ads.pcapng"],
     ),
@@ -178,9 +178,9 @@ def test_console_api_filters_detail_and_etags(server, sensors):
         everything = http.get("/api/v1/devices/connections", headers=auth).get_json()
         plant2 = http.get("/api/v1/devices/connections?site=plant-2", headers=auth).get_json()
         assert plant2 and plant2 == [c for c in everything if c["site"] == "plant-2"]
-        only_b = http.get("/api/v1/devices/connections?sensorId=sensor-b", headers=auth).get_json()
-        assert only_b and all(c["sensorIds"] == ["sensor-b"] for c in only_b)  # that sensor's own view
-        devices_c = http.get("/api/v1/devices?sensorId=sensor-c", headers=auth).get_json()
+        only_b = http.get("/api/v1/devices/connections?sensorId=sensor-2", headers=auth).get_json()
+        assert only_b and all(c["sensorIds"] == ["sensor-2"] for c in only_b)  # that sensor's own view
+        devices_c = http.get("/api/v1/devices?sensorId=sensor-3", headers=auth).get_json()
         assert devices_c and {d["site"] for d in devices_c} == {"plant-2"}
         one = everything[0]
         mine = http.get(f"/api/v1/devices/{one['firstDeviceId']}/connections", headers=auth).get_json()
@@ -247,8 +247,8 @@ def test_clickhouse_killed_mid_stream_loses_nothing_and_doubles_nothing(root, se
     assert shipper.stats()["spooledDeltas"] > 0
     # a delta shipped twice: its insert landed but the answer was lost (the file is shipped again)
     duplicate = sorted(shipper.spool.pending())[0]
-    server.start()
     connections, _devices = fleet.Spool.read(duplicate)
+    server.start()
     client.query("INSERT INTO killed.delta_connections FORMAT JSONEachRow", connections)
     _wait(lambda: not shipper.spool.pending())
     assert shipper.close()
