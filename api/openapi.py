@@ -10,7 +10,7 @@ from flask import Blueprint, Response
 from sensor.serialize import dumps
 
 from . import JSON_CONTENT_TYPE
-from .params import MAX_CONNECTION_ID, MAX_INTEGER
+from .params import MAX_CONNECTION_ID, MAX_INTEGER, MAX_NAME
 
 blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
@@ -44,6 +44,12 @@ CONNECTION_FIELDS = {
     "ports": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 65535}},
     "protocols": {"type": "array", "items": _ref("Protocol")},
 }
+# Rows of the fleet console (`otsensor console`, contract section 6) also carry these; a sensor's do not.
+FLEET_FIELDS = {
+    "site": {"type": "string", "description": "fleet console only: the site of the sensors that saw it"},
+    "sensorId": {"type": "string", "description": "fleet console only: the first of sensorIds"},
+    "sensorIds": {**STRINGS, "description": "fleet console only: every sensor that saw it, ascending"},
+}
 SCHEMAS = {
     "Error": {
         "type": "object",
@@ -66,7 +72,7 @@ SCHEMAS = {
         "type": "object",
         "required": list(CONNECTION_FIELDS),
         "additionalProperties": False,
-        "properties": CONNECTION_FIELDS,
+        "properties": {**CONNECTION_FIELDS, **FLEET_FIELDS},
     },
     "ConnectionDetail": {
         "type": "object",
@@ -74,6 +80,7 @@ SCHEMAS = {
         "additionalProperties": False,
         "properties": {
             **CONNECTION_FIELDS,
+            **FLEET_FIELDS,
             "identity": {
                 "type": "object",
                 "required": ["sourceIp", "userAgent"],
@@ -102,6 +109,7 @@ SCHEMAS = {
         ],
         "additionalProperties": False,
         "properties": {
+            **FLEET_FIELDS,
             "id": INTEGER,
             "ipAddresses": STRINGS,
             "macAddresses": STRINGS,
@@ -181,6 +189,7 @@ SCHEMAS = {
     },
 }
 
+FLEET_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": "^[^\\x00-\\x1f\\x7f]+$"}
 PARAMETERS = {
     "deviceIdPath": {"name": "deviceId", "in": "path", "required": True, "schema": INTEGER},
     "connectionId": {
@@ -213,6 +222,18 @@ PARAMETERS = {
         "in": "query",
         "description": "only connections discovered strictly after this epoch ms",
         "schema": EPOCH_MS,
+    },
+    "site": {
+        "name": "site",
+        "in": "query",
+        "description": "fleet console only: rows of this site (a sensor ignores it)",
+        "schema": FLEET_NAME,
+    },
+    "sensorId": {
+        "name": "sensorId",
+        "in": "query",
+        "description": "fleet console only: what this sensor saw (a sensor ignores it)",
+        "schema": FLEET_NAME,
     },
     "ifNoneMatch": {
         "name": "If-None-Match",
@@ -261,7 +282,15 @@ DOCUMENT = {
         "/api/v1/devices/connections": _get(
             "Connections, ordered by (firstDeviceId, secondDeviceId); filters combine with AND",
             {"200": _json("connections", CONNECTION_LIST, etag=True), **NOT_MODIFIED, **ERRORS},
-            ("deviceId", "lastActiveInMinutes", "discoveredBefore", "discoveredAfter", "ifNoneMatch"),
+            (
+                "deviceId",
+                "lastActiveInMinutes",
+                "discoveredBefore",
+                "discoveredAfter",
+                "site",
+                "sensorId",
+                "ifNoneMatch",
+            ),
             operation_id="listConnections",
         ),
         "/api/v1/devices/{deviceId}/connections": _get(
@@ -272,7 +301,15 @@ DOCUMENT = {
                 "404": _error("no such device"),
                 **ERRORS,
             },
-            ("deviceIdPath", "lastActiveInMinutes", "discoveredBefore", "discoveredAfter", "ifNoneMatch"),
+            (
+                "deviceIdPath",
+                "lastActiveInMinutes",
+                "discoveredBefore",
+                "discoveredAfter",
+                "site",
+                "sensorId",
+                "ifNoneMatch",
+            ),
             operation_id="listDeviceConnections",
         ),
         "/api/v1/connections/{connectionId}": _get(
@@ -289,7 +326,7 @@ DOCUMENT = {
         "/api/v1/devices": _get(
             "Devices, ordered by id",
             {"200": _json("devices", {"type": "array", "items": _ref("Device")}, etag=True), **NOT_MODIFIED, **ERRORS},
-            ("ifNoneMatch",),
+            ("site", "sensorId", "ifNoneMatch"),
             operation_id="listDevices",
         ),
         "/api/v1/devices/{deviceId}": _get(

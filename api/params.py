@@ -68,8 +68,8 @@ def _fleet_values() -> dict:
         if len(given) > 1:
             raise bad_parameter(name, "is given more than once")
         if given:
-            if not given[0] or len(given[0]) > MAX_NAME or not given[0].isprintable():
-                raise bad_parameter(name, f"must be 1 to {MAX_NAME} printable characters")
+            if not given[0] or len(given[0]) > MAX_NAME or any(c < " " or c == "\x7f" for c in given[0]):
+                raise bad_parameter(name, f"must be 1 to {MAX_NAME} characters, no control characters")
             values[field] = given[0]
     return values
 

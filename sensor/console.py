@@ -62,11 +62,12 @@ class ClickHouseStore:
 
     # -- connections ------------------------------------------------------------------------------
     def _connections(self, where: ConnectionFilter, now_ms: int | None = None, pair: tuple | None = None) -> list:
-        clauses = _scope(where)
+        clauses, ids = _scope(where), None
+        # PREWHERE: the two id columns are read first, the aggregate states only where they match
         if where.device_id is not None:
-            clauses.append(f"(first_id = {int(where.device_id)} OR second_id = {int(where.device_id)})")
+            ids = f"first_id = {int(where.device_id)} OR second_id = {int(where.device_id)}"
         if pair is not None:
-            clauses.append(f"first_id = {int(pair[0])} AND second_id = {int(pair[1])}")
+            ids = f"first_id = {int(pair[0])} AND second_id = {int(pair[1])}"
         having = []
         if where.last_active_in_minutes is not None:
             now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -76,16 +77,24 @@ class ClickHouseStore:
             having.append(f"disc < {int(where.discovered_before)}")
         if where.discovered_after is not None:
             having.append(f"disc > {int(where.discovered_after)}")
+        scope = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        if having:
+            # Time filters hold for the merged pair, so they are a HAVING; the pairs that pass are found
+            # first from the ids and the min/max states alone (merging every pair's sets fleet-wide would
+            # read them all), then only those are read whole. GLOBAL: with Distributed tables the list is
+            # made once and sent to every shard.
+            times = "minMerge(discovered) AS d0, maxMerge(last_seen) AS l0, if(l0 < 0, 0, d0) AS disc, if(l0 < 0, 0, l0) AS seen"
+            keep = f"""(first_id, second_id) GLOBAL IN (SELECT first_id, second_id FROM (SELECT first_id,
+                second_id, {times} FROM {self.db}.connections_state {"PREWHERE " + ids if ids else ""} {scope}
+                GROUP BY first_id, second_id HAVING {" AND ".join(having)}))"""
+            ids = f"({ids}) AND {keep}" if ids else keep
         # a pair whose times are not known yet (lastSeen -1) shows 0 and 0, as a sensor's store does
         sql = f"""SELECT first_id, second_id, any(site), groupUniqArray(sensor_id),
             groupUniqArrayArrayMerge(ports), groupUniqArrayArrayMerge(protocols),
             groupUniqArrayArrayMerge(commands), minMerge(discovered) AS d0, maxMerge(last_seen) AS l0,
             if(l0 < 0, 0, d0) AS disc, if(l0 < 0, 0, l0) AS seen, maxMerge(user_agent), any(client)
-            FROM {self.db}.connections_state
-            {"WHERE " + " AND ".join(clauses) if clauses else ""}
-            GROUP BY first_id, second_id
-            {"HAVING " + " AND ".join(having) if having else ""}
-            ORDER BY first_id, second_id"""
+            FROM {self.db}.connections_state {"PREWHERE " + ids if ids else ""} {scope}
+            GROUP BY first_id, second_id ORDER BY first_id, second_id"""
         try:
             return self.client.rows(sql)
         except FleetError as error:
@@ -162,7 +171,7 @@ class ClickHouseStore:
         return self._devices(_scope(where or ConnectionFilter()))
 
     def device(self, device_id: int) -> dict | None:
-        found = self._devices([f"device_id = {int(device_id)}"])
+        found = self._devices([f"device_id = {int(device_id)}"])  # the second key column: a few granules
         return found[0] if found else None
 
 

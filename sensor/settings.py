@@ -51,6 +51,11 @@ def fleet_settings(table, source: str) -> FleetSettings:
         kinds = _FLEET_TYPES.get(key)
         if kinds is None:
             raise SettingsError(f"{source}: unknown setting fleet.{key} (known: {', '.join(_FLEET_TYPES)})")
+        if isinstance(value, str) and float in kinds and source.startswith("--"):  # from --fleet KEY=VALUE
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if not isinstance(value, kinds) or isinstance(value, bool):
             raise SettingsError(f"{source}: fleet.{key} must be {_TYPE_NAMES[kinds[-1]]}, not {value!r}")
         values[key] = (
@@ -171,7 +176,10 @@ def load(path: str | None = None, overrides: dict | None = None) -> Settings:
     for key, value in document.items():
         values[key] = _value(key, value, str(config))
     for key, value in (overrides or {}).items():
-        if value is not None:
+        if key == "fleet" and value:  # --fleet KEY=VALUE: over the file's [fleet] keys, not instead of them
+            table = document.get("fleet") if isinstance(document.get("fleet"), dict) else {}
+            values[key] = fleet_settings({**table, **value}, "--fleet")
+        elif value is not None:
             values[key] = _value(key, list(value) if isinstance(value, tuple) else value, f"--{_flag(key)}")
     return replace(Settings(), **values)
 
@@ -194,6 +202,13 @@ def _count(text: str) -> int:
     if not text.isdigit() or len(text) > 9:
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
     return int(text)
+
+
+def _fleet_pair(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or key not in _FLEET_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE with KEY one of {', '.join(_FLEET_TYPES)}")
+    return key, value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -241,9 +256,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="bring the interfaces up listen-only first: no address, no ARP, no IPv6 (needs CAP_NET_ADMIN)",
     )
+    add(
+        "--fleet",
+        type=_fleet_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a [fleet] setting (clickhouse_url, site, sensor_id, user, password, ca_file, spool_mb, timeout); repeat",
+    )
     add("--ring-mb", type=_count, metavar="MIB", help=f"kernel ring per interface and worker (default {default.ring_mb})")  # fmt: skip
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The settings given as flags (``add_arguments``'s), for :func:`load`."""
-    return {f.name: getattr(args, f.name, None) for f in fields(Settings) if f.name != "fleet"}
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    overrides["fleet"] = dict(overrides["fleet"] or [])
+    return overrides

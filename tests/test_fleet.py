@@ -17,6 +17,7 @@ from sensor.console import ClickHouseStore
 from sensor.engine import Engine
 from sensor.readers import CaptureReader
 from sensor.replay import replay
+from sensor.serialize import ConnectionFilter
 from sensor.store import Store
 from tests import fleet_servers
 from tests.fleet_servers import ClickHouseServer, cluster_xml
@@ -178,6 +179,11 @@ def test_console_api_filters_detail_and_etags(server, sensors):
         everything = http.get("/api/v1/devices/connections", headers=auth).get_json()
         plant2 = http.get("/api/v1/devices/connections?site=plant-2", headers=auth).get_json()
         assert plant2 and plant2 == [c for c in everything if c["site"] == "plant-2"]
+        middle = sorted(c["discovered"] for c in everything)[len(everything) // 2]
+        newer = http.get(f"/api/v1/devices/connections?discoveredAfter={middle}", headers=auth).get_json()
+        assert newer and newer == [c for c in everything if c["discovered"] > middle]
+        older = http.get(f"/api/v1/devices/connections?discoveredBefore={middle}&site=plant-1", headers=auth)
+        assert older.get_json() == [c for c in everything if c["discovered"] < middle and c["site"] == "plant-1"]
         only_b = http.get("/api/v1/devices/connections?sensorId=sensor-2", headers=auth).get_json()
         assert only_b and all(c["sensorIds"] == ["sensor-2"] for c in only_b)  # that sensor's own view
         devices_c = http.get("/api/v1/devices?sensorId=sensor-3", headers=auth).get_json()
@@ -301,8 +307,19 @@ def test_two_shards_answer_as_one_server(root, server, sensors):
         local_rows = [int(s.query("SELECT count() FROM otsensor.connections_state_local")) for s in shards]
         assert all(local_rows), local_rows  # both shards hold part of the fleet
         one = console_views(fleet.ClickHouse(server.url))
+        single = ClickHouseStore(fleet.ClickHouse(server.url), Store(":memory:"))
         for url in urls:  # either shard's Distributed tables answer for the whole fleet
             assert console_views(fleet.ClickHouse(url))[2:] == one[2:]
+            sharded = ClickHouseStore(fleet.ClickHouse(url), Store(":memory:"))
+            middle = sorted(c["discovered"] for c in one[3])[len(one[3]) // 2]
+            for c in one[3][:5]:  # one device's list (PREWHERE on the ids), a detail with its summed counts
+                for where in (ConnectionFilter(device_id=c["secondDeviceId"]), ConnectionFilter(discovered_after=middle),
+                              ConnectionFilter(device_id=c["firstDeviceId"], discovered_before=middle + 1)):  # fmt: skip
+                    assert sharded.connections_json(where) == single.connections_json(where)
+                assert sharded.connection_detail(c["firstDeviceId"], c["secondDeviceId"]) == single.connection_detail(
+                    c["firstDeviceId"], c["secondDeviceId"]
+                )
+            assert sharded.counts() == single.counts()
     finally:
         for shard in shards:
             shard.stop()
