@@ -89,10 +89,14 @@ class ClickHouseStore:
                 GROUP BY first_id, second_id HAVING {" AND ".join(having)}))"""
             ids = f"({ids}) AND {keep}" if ids else keep
         # a pair whose times are not known yet (lastSeen -1) shows 0 and 0, as a sensor's store does
-        sql = f"""SELECT first_id, second_id, any(site), groupUniqArray(sensor_id),
-            groupUniqArrayArrayMerge(ports), groupUniqArrayArrayMerge(protocols),
-            groupUniqArrayArrayMerge(commands), minMerge(discovered) AS d0, maxMerge(last_seen) AS l0,
-            if(l0 < 0, 0, d0) AS disc, if(l0 < 0, 0, l0) AS seen, maxMerge(user_agent), any(client)
+        # sets come sorted, commands grouped by protocol: the JSON is then one dict per row in Python
+        sql = f"""SELECT first_id, second_id, any(site), arraySort(groupUniqArray(sensor_id)),
+            arraySort(groupUniqArrayArrayMerge(ports)), arraySort(groupUniqArrayArrayMerge(protocols)) AS names,
+            arrayMap(p -> arraySort(arrayMap(c -> substring(c, length(p) + 2),
+                arrayFilter(c -> position(c, concat(p, '{COMMAND_SEPARATOR}')) = 1, cmds))), names),
+            minMerge(discovered) AS d0, maxMerge(last_seen) AS l0,
+            if(l0 < 0, 0, d0) AS disc, if(l0 < 0, 0, l0) AS seen, maxMerge(user_agent), any(client),
+            groupUniqArrayArrayMerge(commands) AS cmds
             FROM {self.db}.connections_state {"PREWHERE " + ids if ids else ""} {scope}
             GROUP BY first_id, second_id ORDER BY first_id, second_id"""
         try:
@@ -102,20 +106,15 @@ class ClickHouseStore:
 
     @staticmethod
     def _connection(row) -> dict:
-        first, second, site, sensors, ports, protocols, commands, _d0, _l0, discovered, seen = row[:11]
-        by_name: dict[str, list[str]] = {name: [] for name in protocols}
-        for entry in commands:
-            name, _, command = entry.partition(COMMAND_SEPARATOR)
-            by_name.setdefault(name, []).append(command)
-        sensors = sorted(sensors)
+        first, second, site, sensors, ports, names, commands, _d0, _l0, discovered, seen = row[:11]
         return {
             "id": f"{first}-{second}",
-            "firstDeviceId": int(first),
-            "secondDeviceId": int(second),
-            "lastSeen": int(seen),
-            "discovered": int(discovered),
-            "ports": sorted(int(p) for p in ports),
-            "protocols": [{"name": n, "commands": sorted(by_name[n])} for n in sorted(by_name)],
+            "firstDeviceId": first,
+            "secondDeviceId": second,
+            "lastSeen": seen,
+            "discovered": discovered,
+            "ports": ports,
+            "protocols": [{"name": n, "commands": c} for n, c in zip(names, commands)],
             "site": site,
             "sensorId": sensors[0],
             "sensorIds": sensors,
