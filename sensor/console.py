@@ -63,9 +63,11 @@ class ClickHouseStore:
     # -- connections ------------------------------------------------------------------------------
     def _connections(self, where: ConnectionFilter, now_ms: int | None = None, pair: tuple | None = None) -> list:
         clauses, ids = _scope(where), None
-        # PREWHERE: the two id columns are read first, the aggregate states only where they match
+        # PREWHERE: the id columns are read first, the aggregate states only where they match
         if where.device_id is not None:
-            ids = f"first_id = {int(where.device_id)} OR second_id = {int(where.device_id)}"
+            ids = self._device_pairs(int(where.device_id))
+            if ids is None:
+                return []
         if pair is not None:
             ids = f"first_id = {int(pair[0])} AND second_id = {int(pair[1])}"
         having = []
@@ -103,6 +105,22 @@ class ClickHouseStore:
             return self.client.rows(sql)
         except FleetError as error:
             raise StoreError(str(error)) from None
+
+    def _device_pairs(self, device_id: int) -> str | None:
+        """A PREWHERE that reads only ``device_id``'s pairs, found in device_pairs (keyed by device id); the
+        site and first ids hit connections_state's primary key. None: the device has no connection."""
+        try:
+            rows = self.client.rows(
+                f"SELECT DISTINCT site, first_id, second_id FROM {self.db}.device_pairs WHERE device_id = {device_id}"
+            )
+        except FleetError as error:
+            raise StoreError(str(error)) from None
+        if not rows:
+            return None
+        sites = ", ".join(sorted({quote(site) for site, _, _ in rows}))
+        firsts = ", ".join(sorted({str(int(first)) for _, first, _ in rows}))
+        pairs = ", ".join(sorted({f"({int(first)}, {int(second)})" for _, first, second in rows}))
+        return f"site IN ({sites}) AND first_id IN ({firsts}) AND (first_id, second_id) IN ({pairs})"
 
     @staticmethod
     def _connection(row) -> dict:

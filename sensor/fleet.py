@@ -106,6 +106,13 @@ DEVICES_VIEW = (
     FROM {source} GROUP BY site, ip, sensor_id"""
 )
 
+# Each connection under both its devices' ids: one device's connections fleet-wide are an index lookup
+# here, then a primary-key read of connections_state (site, first_id), instead of a scan of every pair.
+DEVICE_PAIRS = "(device_id UInt64, site String, first_id UInt64, second_id UInt64, sensor_id String)"
+DEVICE_PAIRS_VIEW = f"""SELECT {device_id_sql("site", "arrayJoin([client, server])")} AS device_id, site,
+    {device_id_sql("site", "client")} AS first_id, {device_id_sql("site", "server")} AS second_id, sensor_id
+    FROM {{source}}"""
+
 # name -> (columns, local engine); the views below read the delta tables
 TABLES = {
     "delta_connections": (DELTA_CONNECTIONS, "Null"),
@@ -119,12 +126,14 @@ TABLES = {
         "ReplacingMergeTree() ORDER BY (site, sensor_id, first_id, second_id, delta_id, client, server)",
     ),
     "devices_state": (DEVICES_STATE, "AggregatingMergeTree() ORDER BY (site, device_id, sensor_id, ip)"),
+    "device_pairs": (DEVICE_PAIRS, "ReplacingMergeTree() ORDER BY (device_id, site, first_id, second_id, sensor_id)"),
     "alerts": (ALERTS, "ReplacingMergeTree(version) ORDER BY (site, sensor_id, alert_id)"),
 }
 VIEWS = {  # view -> (target, source, select)
     "connections_state_mv": ("connections_state", "delta_connections", CONNECTIONS_VIEW),
     "connection_counts_mv": ("connection_counts", "delta_connections", COUNTS_VIEW),
     "devices_state_mv": ("devices_state", "delta_devices", DEVICES_VIEW),
+    "device_pairs_mv": ("device_pairs", "delta_connections", DEVICE_PAIRS_VIEW),
 }
 
 

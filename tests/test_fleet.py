@@ -278,6 +278,17 @@ def test_clickhouse_killed_mid_stream_loses_nothing_and_doubles_nothing(root, se
     local.close()
 
 
+def by_address(store) -> dict:
+    """A store's connections (through its read interface) keyed by (initiator ip, responder ip)."""
+    ip_of = {d["id"]: d["ipAddresses"][0] for d in store.devices()}
+    return {
+        (ip_of[c["firstDeviceId"]], ip_of[c["secondDeviceId"]]): {
+            k: c[k] for k in ("lastSeen", "discovered", "ports", "protocols")
+        }
+        for c in json.loads(store.connections_json())
+    }
+
+
 def _wait(condition, seconds: float = 60.0) -> None:
     import time
 
@@ -391,3 +402,64 @@ def test_bad_fleet_settings_are_one_line(tmp_path, capsys):
     assert "fleet.site is required" in capsys.readouterr().err
     assert main(["fleet", "init", "--clickhouse", "ftp://nowhere"]) == 2
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_daemon_ships_each_flush(server, tmp_path):
+    """`otsensor run` with [fleet]: a flush hands its delta over, the shipper sends it; /healthz's stats show it."""
+    from sensor.daemon import Daemon, table_to_wire
+    from sensor.settings import FleetSettings, Settings
+
+    client = fleet.ClickHouse(server.url + "?database=daemon")
+    fleet.init([client])
+    db = tmp_path / "live.duckdb"
+    store = Store(db)
+    settings = Settings(interfaces=("span0",), workers=1, db=str(db),
+                        fleet=FleetSettings(clickhouse_url=client.base + "?database=daemon", site="plant-7",
+                                            sensor_id="live-1"))  # fmt: skip
+    daemon = Daemon(settings, store)
+    try:
+        for delta in _deltas(["ndpi/modbus.pcap"], frames=20)[:3]:
+            daemon.handle(("report", 0, table_to_wire(delta), {"packets": 1}))
+            assert daemon.flush() is True
+        _wait(lambda: daemon.snapshot()["fleet"]["shippedDeltas"] == 3)
+        assert daemon.snapshot()["fleet"]["spooledDeltas"] == 0
+        console = ClickHouseStore(client, Store(":memory:"))
+        assert by_address(console) == by_address(store) and by_address(store)
+        assert Path(f"{db}.fleet-spool/sequence").read_text() == "3"
+    finally:
+        daemon.fleet.close()
+        store.close()
+
+
+def test_otsensor_console_serves_the_fleet(server, sensors, tmp_path):
+    """`otsensor console` as a user runs it: its own token DB (`otsensor token create --db`), the fleet's rows."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    db = tmp_path / "otsensor-console.duckdb"
+    made = subprocess.run([sys.executable, "-m", "sensor", "token", "create", "--db", str(db), "--name", "ops"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    token = made.stdout.strip().splitlines()[-1]
+    port = fleet_servers.free_port()
+    console = subprocess.Popen(
+        [sys.executable, "-m", "sensor", "console", "--clickhouse", server.url, "--db", str(db),
+         "--listen", f"127.0.0.1:{port}"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/devices", headers={"Authorization": token})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    served = json.loads(answer.read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline and console.poll() is None, "the console did not start"
+                time.sleep(0.2)
+        assert served == console_views(fleet.ClickHouse(server.url))[2]
+    finally:
+        console.terminate()
+        console.wait(20)
