@@ -113,20 +113,27 @@ DEVICE_PAIRS_VIEW = f"""SELECT {device_id_sql("site", "arrayJoin([client, server
     {device_id_sql("site", "client")} AS first_id, {device_id_sql("site", "server")} AS second_id, sensor_id
     FROM {{source}}"""
 
+# Lookups read whole granules: 1,024 rows instead of 8,192 make one device's read ~8x smaller (marks: 2 KB
+# of memory per million rows more).
+FINE = "SETTINGS index_granularity = 1024"
+
 # name -> (columns, local engine); the views below read the delta tables
 TABLES = {
     "delta_connections": (DELTA_CONNECTIONS, "Null"),
     "delta_devices": (DELTA_DEVICES, "Null"),
     "connections_state": (
         CONNECTIONS_STATE,
-        "AggregatingMergeTree() ORDER BY (site, first_id, second_id, sensor_id, client, server)",
+        "AggregatingMergeTree() ORDER BY (site, first_id, second_id, sensor_id, client, server) " + FINE,
     ),
     "connection_counts": (
         CONNECTION_COUNTS,
         "ReplacingMergeTree() ORDER BY (site, sensor_id, first_id, second_id, delta_id, client, server)",
     ),
     "devices_state": (DEVICES_STATE, "AggregatingMergeTree() ORDER BY (site, device_id, sensor_id, ip)"),
-    "device_pairs": (DEVICE_PAIRS, "ReplacingMergeTree() ORDER BY (device_id, site, first_id, second_id, sensor_id)"),
+    "device_pairs": (
+        DEVICE_PAIRS,
+        "ReplacingMergeTree() ORDER BY (device_id, site, first_id, second_id, sensor_id) " + FINE,
+    ),
     "alerts": (ALERTS, "ReplacingMergeTree(version) ORDER BY (site, sensor_id, alert_id)"),
 }
 VIEWS = {  # view -> (target, source, select)
