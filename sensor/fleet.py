@@ -382,10 +382,12 @@ def _chunks(body: bytes, rows: int):
 
 
 class Shipper:
-    """The sensor's side of the fleet: ``submit(delta)`` from a flush returns at once; a thread spools
-    each delta and ships the spool, oldest first, retrying with backoff while ClickHouse is away."""
+    """The sensor's side of the fleet: ``submit(delta)`` from a flush returns at once; a thread spools the
+    join of the deltas of each ``interval`` and ships the spool, oldest first, retrying with backoff while
+    ClickHouse is away."""
 
-    def __init__(self, client: ClickHouse, site: str, sensor_id: str, spool: Spool, queue_limit: int = 64) -> None:
+    def __init__(self, client: ClickHouse, site: str, sensor_id: str, spool: Spool, queue_limit: int = 64,
+                 interval: float = 0.0) -> None:  # fmt: skip
         self.client, self.site, self.sensor_id, self.spool = client, site, sensor_id, spool
         self.queue: deque[ConnectionTable] = deque()
         self.queue_limit = queue_limit
@@ -400,6 +402,8 @@ class Shipper:
         self.insert_settings = {"insert_distributed_sync": 1}  # a Distributed table acks once shards have rows
         self._backoff = 0
         self._next_try = 0.0
+        self.interval = interval  # seconds: the deltas submitted within one are spooled (and shipped) as one
+        self._next_spool = 0.0
 
     def start(self) -> Shipper:
         self.thread.start()
@@ -429,12 +433,22 @@ class Shipper:
     def _run(self) -> None:
         while True:
             with self.wake:
-                while not self.queue and not self.stopping and not self._due():
+                while not self.stopping and not self._due() and not self._spool_due():
                     self.wake.wait(self._wait_seconds())
                 stopping = self.stopping
-                taken = list(self.queue)
-                self.queue.clear()
-            for delta in taken:
+                taken = []
+                if stopping or self._spool_due():
+                    taken = list(self.queue)
+                    self.queue.clear()
+                    self._next_spool = time.monotonic() + self.interval
+            if taken:
+                # the deltas of one interval as one: their join (sums add), so an active pair is one row
+                # per interval however often the sensor flushes
+                delta = taken[0]
+                if len(taken) > 1:
+                    delta = ConnectionTable()
+                    for part in taken:
+                        delta.merge(part)
                 try:
                     self.spool.add(delta, self.site, self.sensor_id)
                 except OSError as error:  # disk full: counted like an overflow, the DB has the data
@@ -456,10 +470,16 @@ class Shipper:
     def _due(self) -> bool:
         return bool(self.spool.size) and time.monotonic() >= self._next_try
 
+    def _spool_due(self) -> bool:
+        return bool(self.queue) and time.monotonic() >= self._next_spool
+
     def _wait_seconds(self) -> float:
+        now, waits = time.monotonic(), [1.0]
         if self.spool.size:
-            return max(0.05, self._next_try - time.monotonic())
-        return 1.0
+            waits.append(self._next_try - now)
+        if self.queue:
+            waits.append(self._next_spool - now)
+        return max(0.05, min(waits))
 
     def ship_pending(self) -> bool:
         """Ship every spooled delta in order; False at the first failure (they wait for the next try)."""
@@ -528,4 +548,4 @@ def start(fleet, db_path: str) -> Shipper | None:
         return None
     client = ClickHouse(fleet.clickhouse_url, fleet.user, fleet.password, fleet.ca_file, fleet.timeout)
     spool = Spool(f"{db_path}.fleet-spool", int(fleet.spool_mb * 1024 * 1024))
-    return Shipper(client, fleet.site, fleet.sensor_id, spool).start()
+    return Shipper(client, fleet.site, fleet.sensor_id, spool, interval=fleet.ship_interval).start()

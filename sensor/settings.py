@@ -36,10 +36,11 @@ class FleetSettings:
     ca_file: str | None = None  # PEM bundle to trust for an https URL (default: the system's)
     spool_mb: float = 256.0  # the on-disk spool beside the DB; deltas beyond it are dropped and counted
     timeout: float = 30.0  # seconds for one HTTP request
+    ship_interval: float = 30.0  # the flushes of this many seconds are shipped as one delta (one row per pair)
 
 
 _FLEET_TYPES = {"clickhouse_url": (str,), "site": (str,), "sensor_id": (str,), "user": (str,), "password": (str,),
-                "ca_file": (str,), "spool_mb": (int, float), "timeout": (int, float)}  # fmt: skip
+                "ca_file": (str,), "spool_mb": (int, float), "timeout": (int, float), "ship_interval": (int, float)}  # fmt: skip
 
 
 def fleet_settings(table, source: str) -> FleetSettings:
@@ -69,8 +70,8 @@ def fleet_settings(table, source: str) -> FleetSettings:
             raise SettingsError(f"{source}: fleet.clickhouse_url must be an http:// or https:// URL")
         if not fleet.sensor_id or len(fleet.sensor_id) > 64 or len(fleet.site) > 64:
             raise SettingsError(f"{source}: fleet.site and fleet.sensor_id are 1 to 64 characters")
-        if fleet.spool_mb <= 0 or fleet.timeout <= 0:
-            raise SettingsError(f"{source}: fleet.spool_mb and fleet.timeout must be positive")
+        if fleet.spool_mb <= 0 or fleet.timeout <= 0 or fleet.ship_interval < 0:
+            raise SettingsError(f"{source}: fleet.spool_mb and fleet.timeout must be positive, ship_interval >= 0")
     return fleet
 
 

@@ -375,6 +375,7 @@ def test_a_full_spool_is_counted_in_healthz_and_metrics(tmp_path):
     shipper = fleet.Shipper(client, "plant-1", "sensor-x", spool).start()
     for delta in _deltas(["iti/ModbusTCP_modbus_test_data_part2.pcap"], frames=10)[:20]:
         shipper.submit(delta)
+        _wait(lambda: not shipper.queue)  # one flush after another, each spooled on its own
     _wait(lambda: not shipper.queue and shipper.stats()["failures"] > 0)
     stats = shipper.stats()
     assert stats["droppedDeltas"] > 0 and stats["droppedRows"] > 0 and 0 < stats["spooledBytes"] <= 3000
@@ -415,7 +416,8 @@ def test_the_daemon_ships_each_flush(server, tmp_path):
     store = Store(db)
     settings = Settings(interfaces=("span0",), workers=1, db=str(db),
                         fleet=FleetSettings(clickhouse_url=client.base + "?database=daemon", site="plant-7",
-                                            sensor_id="live-1"))  # fmt: skip
+                                            sensor_id="live-1",
+                                            ship_interval=0))  # fmt: skip
     daemon = Daemon(settings, store)
     try:
         for delta in _deltas(["ndpi/modbus.pcap"], frames=20)[:3]:
@@ -463,3 +465,25 @@ def test_otsensor_console_serves_the_fleet(server, sensors, tmp_path):
     finally:
         console.terminate()
         console.wait(20)
+
+
+def test_the_flushes_of_one_interval_ship_as_one_delta(server, tmp_path):
+    """ship_interval: many flushes, one delta (their join) — same lists and sums, a row per pair instead of per flush."""
+    client = fleet.ClickHouse(server.url + "?database=joined")
+    fleet.init([client])
+    local = Store(tmp_path / "local.duckdb")
+    shipper = fleet.Shipper(client, "plant-8", "sensor-j", fleet.Spool(tmp_path / "spool", 1 << 30), interval=3600)
+    shipper.start()
+    deltas = _deltas(["ndpi/modbus.pcap", "iti/ModbusTCP_modbus_test_data_part2.pcap"], frames=20)
+    for delta in deltas:
+        local.merge(delta)
+        shipper.submit(delta)
+    # the first spool comes at once (nothing waited before it), the rest wait for the interval (or close)
+    assert shipper.close() and 1 <= shipper.stats()["shippedDeltas"] <= 2 < len(deltas)
+    console = ClickHouseStore(client, Store(":memory:"))
+    assert by_address(console) == by_address(local)
+    total = sum(local.connection_detail(c["firstDeviceId"], c["secondDeviceId"])["packets"]
+                for c in json.loads(local.connections_json()))  # fmt: skip
+    assert total == sum(console.connection_detail(c["firstDeviceId"], c["secondDeviceId"])["packets"]
+                        for c in json.loads(console.connections_json()))  # fmt: skip
+    local.close()
