@@ -68,6 +68,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far, bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -114,6 +122,7 @@ def main(argv=None) -> int:
                 thread.join()
             ingest_seconds = time.perf_counter() - started
             ingest_cpu = cpu_seconds(pid) - cpu_before
+            ingest_rss = peak_rss(pid)
             del work
             print(f"ingest: {total_rows:,} rows in {ingest_seconds:.2f} s: {total_rows / ingest_seconds:,.0f} rows/s",
                   file=sys.stderr, flush=True)  # fmt: skip
@@ -160,6 +169,8 @@ def main(argv=None) -> int:
                 "console_connections": connections,
                 "disk_bytes": int(disk or 0),
                 "server_memory_tracked_bytes": int(memory[0][0]) if memory else None,
+                "server_peak_rss_after_ingest": ingest_rss,
+                "server_peak_rss_after_queries": peak_rss(pid),
                 "queries": results,
             }
         finally:
@@ -174,6 +185,8 @@ def main(argv=None) -> int:
     print(f"  server CPU {report['ingest_server_cpu_seconds']} s: "
           f"{report['ingest_rows_per_server_cpu_second']:,} rows per server CPU-second; "
           f"load average {report['load_average']:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"  server peak RSS: {report['server_peak_rss_after_ingest'] / 2**20:,.0f} MiB after ingest, "
+          f"{report['server_peak_rss_after_queries'] / 2**20:,.0f} MiB after the queries")  # fmt: skip
     print(
         f"console sees {devices:,} devices, {connections:,} connections; {report['disk_bytes'] / 2**20:.0f} MiB on disk"
     )
