@@ -270,5 +270,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The settings given as flags (``add_arguments``'s), for :func:`load`."""
     overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
-    overrides["fleet"] = dict(overrides["fleet"] or [])
+    overrides["fleet"] = dict(overrides["fleet"]) if overrides["fleet"] else None  # None: the file's [fleet] stands
     return overrides

@@ -487,3 +487,31 @@ def test_the_flushes_of_one_interval_ship_as_one_delta(server, tmp_path):
     assert total == sum(console.connection_detail(c["firstDeviceId"], c["secondDeviceId"])["packets"]
                         for c in json.loads(console.connections_json()))  # fmt: skip
     local.close()
+
+
+def test_fleet_settings_from_the_file_and_flags(tmp_path):
+    import argparse
+
+    from sensor.settings import SettingsError, add_arguments, load, overrides_from_args
+
+    config = _config(tmp_path, "http://127.0.0.1:8123/", "plant-1", "span-a")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    alone = load(str(config), overrides_from_args(parser.parse_args([])))
+    assert (alone.fleet.clickhouse_url, alone.fleet.site, alone.fleet.sensor_id) == (
+        "http://127.0.0.1:8123/",
+        "plant-1",
+        "span-a",
+    )
+    flagged = load(
+        str(config), overrides_from_args(parser.parse_args(["--fleet", "site=plant-2", "--fleet", "ship_interval=5"]))
+    )
+    assert (flagged.fleet.clickhouse_url, flagged.fleet.site, flagged.fleet.ship_interval) == (
+        "http://127.0.0.1:8123/",
+        "plant-2",
+        5.0,
+    )
+    with pytest.raises(SettingsError, match="fleet.spool_mb must be a number"):
+        load(str(config), {"fleet": {"spool_mb": "lots"}})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--fleet", "colour=blue"])
