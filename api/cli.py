@@ -171,7 +171,7 @@ def _admin_server(args, db: str, role: str, app, server):
         tokens_changed=context.tokens.invalidate,
         api_url=reachable_url(server.url),
     )
-    admin = AdminServer(args.admin_socket or default_socket(db), holder)
+    admin = AdminServer(getattr(args, "admin_socket", None) or default_socket(db), holder)
     try:
         admin.start()
     except AdminError as error:

@@ -26,10 +26,10 @@ def _list(resource: str, where: serialize.ConnectionFilter, device_id: int | Non
             return etag.not_modified(tag)  # the tag proves this answer was given for the same data
 
     def render() -> str | None:
-        cursor = context.store.cursor()
-        body = serialize.connections_json(cursor, where)
+        store = context.store
+        body = store.connections_json(where)
         # a device with connections is known; only an empty list needs the second query to tell 404 from []
-        if device_id is not None and body == "[]" and serialize.device(cursor, device_id) is None:
+        if device_id is not None and body == "[]" and store.device(device_id) is None:
             return None
         return body
 
@@ -57,7 +57,7 @@ def connection(connection_id: str):
     context = current_app.extensions["otsensor"]
 
     def render() -> str | None:
-        detail = serialize.connection_detail(context.store.cursor(), first, second)
+        detail = context.store.connection_detail(first, second)
         return None if detail is None else serialize.dumps(detail)
 
     body = context.validators.body(f"connection/{first}-{second}", render)

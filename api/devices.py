@@ -18,10 +18,11 @@ blueprint = Blueprint("devices", __name__, url_prefix="/api/v1")
 @blueprint.get("/devices")
 def all_devices():
     context = current_app.extensions["otsensor"]
-    tag = context.validators.for_request("devices")
+    scope = params.fleet_scope()
+    tag = context.validators.for_request(f"devices?{scope}")
     if tag is not None and etag.matches(tag):
         return etag.not_modified(tag)
-    body = context.validators.body("devices", lambda: serialize.dumps(serialize.devices(context.store.cursor())))
+    body = context.validators.body(f"devices?{scope}", lambda: serialize.dumps(context.store.devices(scope)))
     return etag.json_response(body, tag)
 
 
@@ -31,7 +32,7 @@ def one_device(device_id: str):
     context = current_app.extensions["otsensor"]
 
     def render() -> str | None:
-        found = serialize.device(context.store.cursor(), number)
+        found = context.store.device(number)
         return None if found is None else serialize.dumps(found)
 
     body = context.validators.body(f"device/{number}", render)

@@ -42,6 +42,7 @@ REPLAY_STATS = {
     "flush_seconds_total": 0.0,
     "last_flush_seconds": None,
     "problems": [],
+    "fleet": None,  # sensor.fleet.Shipper.stats() when the sensor ships to ClickHouse
 }
 
 
@@ -79,6 +80,8 @@ def healthz():
         "lastFlushMs": stats["last_flush_ms"],
         "problems": list(stats["problems"]),
     }
+    if stats["fleet"]:
+        body["fleet"] = stats["fleet"]  # spooled, dropped (over the spool's bound), shipped, last error
     try:
         devices, connections = context.store.counts()
         body["storage"] = {"ok": True, "devices": devices, "connections": connections}
@@ -138,6 +141,21 @@ class CaptureCollector:
                 "When the last flush ended",
                 value=stats["last_flush_ms"] / 1000,
             )
+        fleet = stats["fleet"]
+        if fleet:
+            for name, key, text in (
+                ("otsensor_fleet_spooled_deltas", "spooledDeltas", "Deltas waiting in the spool for ClickHouse"),
+                ("otsensor_fleet_spooled_bytes", "spooledBytes", "Bytes of the spool"),
+            ):
+                yield GaugeMetricFamily(name, text, value=fleet[key])
+            for name, key, text in (
+                ("otsensor_fleet_dropped_deltas", "droppedDeltas", "Deltas dropped: the spool was full"),
+                ("otsensor_fleet_dropped_rows", "droppedRows", "Connections and devices in dropped deltas"),
+                ("otsensor_fleet_shipped_deltas", "shippedDeltas", "Deltas shipped to ClickHouse"),
+                ("otsensor_fleet_shipped_rows", "shippedRows", "Rows shipped to ClickHouse"),
+                ("otsensor_fleet_failures", "failures", "Failed attempts to ship to ClickHouse"),
+            ):
+                yield CounterMetricFamily(name, text, value=fleet[key])
         try:
             devices, connections = self.context.store.counts()
         except Exception:  # noqa: BLE001 — a scrape must not fail because storage does; /healthz says why

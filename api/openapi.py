@@ -10,7 +10,7 @@ from flask import Blueprint, Response
 from sensor.serialize import dumps
 
 from . import JSON_CONTENT_TYPE
-from .params import MAX_CONNECTION_ID, MAX_INTEGER
+from .params import MAX_CONNECTION_ID, MAX_INTEGER, MAX_NAME
 
 blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
@@ -126,6 +126,12 @@ ALERT_SCHEMAS = {
     },
 }
 
+# Rows of the fleet console (`otsensor console`, contract section 6) also carry these; a sensor's do not.
+FLEET_FIELDS = {
+    "site": {"type": "string", "description": "fleet console only: the site of the sensors that saw it"},
+    "sensorId": {"type": "string", "description": "fleet console only: the first of sensorIds"},
+    "sensorIds": {**STRINGS, "description": "fleet console only: every sensor that saw it, ascending"},
+}
 SCHEMAS = {
     "Error": {
         "type": "object",
@@ -148,7 +154,7 @@ SCHEMAS = {
         "type": "object",
         "required": list(CONNECTION_FIELDS),
         "additionalProperties": False,
-        "properties": CONNECTION_FIELDS,
+        "properties": {**CONNECTION_FIELDS, **FLEET_FIELDS},
     },
     "ConnectionDetail": {
         "type": "object",
@@ -156,6 +162,7 @@ SCHEMAS = {
         "additionalProperties": False,
         "properties": {
             **CONNECTION_FIELDS,
+            **FLEET_FIELDS,
             "identity": {
                 "type": "object",
                 "required": ["sourceIp", "userAgent"],
@@ -184,6 +191,7 @@ SCHEMAS = {
         ],
         "additionalProperties": False,
         "properties": {
+            **FLEET_FIELDS,
             "id": INTEGER,
             "ipAddresses": STRINGS,
             "macAddresses": STRINGS,
@@ -222,11 +230,21 @@ SCHEMAS = {
             },
             "firstSeen": EPOCH_MS,
             "lastSeen": EPOCH_MS,
-            "engineeringStation": {"type": "boolean", "description": "it sent programming or stop/start commands"},
-            "scanner": {"type": "boolean", "description": "it probed many devices or ports in a short time"},
-            "authorized": {"type": "boolean", "description": "seen during learning, or learned"},
+            # null on the fleet console: a sensor's detection is not shipped to ClickHouse (yet)
+            "engineeringStation": {
+                "type": "boolean",
+                "nullable": True,
+                "description": "it sent programming or stop/start commands",
+            },
+            "scanner": {
+                "type": "boolean",
+                "nullable": True,
+                "description": "it probed many devices or ports in a short time",
+            },
+            "authorized": {"type": "boolean", "nullable": True, "description": "seen during learning, or learned"},
             "addresses": {
                 "type": "object",
+                "nullable": True,
                 "description": "per protocol: Modbus unit ids, S7 rack/slot, AMS Net Ids",
                 "additionalProperties": STRINGS,
             },
@@ -272,6 +290,7 @@ SCHEMAS = {
     },
 }
 
+FLEET_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": "^[^\\x00-\\x1f\\x7f]+$"}
 PARAMETERS = {
     "deviceIdPath": {"name": "deviceId", "in": "path", "required": True, "schema": INTEGER},
     "connectionId": {
@@ -327,6 +346,18 @@ PARAMETERS = {
         "schema": {"type": "integer", "minimum": 0, "maximum": 4320},
     },
     "eventType": {"name": "type", "in": "query", "description": "events of this type", "schema": {"type": "string"}},
+    "site": {
+        "name": "site",
+        "in": "query",
+        "description": "fleet console only: rows of this site (a sensor ignores it)",
+        "schema": FLEET_NAME,
+    },
+    "sensorId": {
+        "name": "sensorId",
+        "in": "query",
+        "description": "fleet console only: what this sensor saw (a sensor ignores it)",
+        "schema": FLEET_NAME,
+    },
     "ifNoneMatch": {
         "name": "If-None-Match",
         "in": "header",
@@ -374,7 +405,15 @@ DOCUMENT = {
         "/api/v1/devices/connections": _get(
             "Connections, ordered by (firstDeviceId, secondDeviceId); filters combine with AND",
             {"200": _json("connections", CONNECTION_LIST, etag=True), **NOT_MODIFIED, **ERRORS},
-            ("deviceId", "lastActiveInMinutes", "discoveredBefore", "discoveredAfter", "ifNoneMatch"),
+            (
+                "deviceId",
+                "lastActiveInMinutes",
+                "discoveredBefore",
+                "discoveredAfter",
+                "site",
+                "sensorId",
+                "ifNoneMatch",
+            ),
             operation_id="listConnections",
         ),
         "/api/v1/devices/{deviceId}/connections": _get(
@@ -385,7 +424,15 @@ DOCUMENT = {
                 "404": _error("no such device"),
                 **ERRORS,
             },
-            ("deviceIdPath", "lastActiveInMinutes", "discoveredBefore", "discoveredAfter", "ifNoneMatch"),
+            (
+                "deviceIdPath",
+                "lastActiveInMinutes",
+                "discoveredBefore",
+                "discoveredAfter",
+                "site",
+                "sensorId",
+                "ifNoneMatch",
+            ),
             operation_id="listDeviceConnections",
         ),
         "/api/v1/connections/{connectionId}": _get(
@@ -402,7 +449,7 @@ DOCUMENT = {
         "/api/v1/devices": _get(
             "Devices, ordered by id",
             {"200": _json("devices", {"type": "array", "items": _ref("Device")}, etag=True), **NOT_MODIFIED, **ERRORS},
-            ("ifNoneMatch",),
+            ("site", "sensorId", "ifNoneMatch"),
             operation_id="listDevices",
         ),
         "/api/v1/devices/{deviceId}": _get(

@@ -48,11 +48,35 @@ def connection_filter(names=tuple(FILTERS), device_id: int | None = None) -> Con
     values = {FILTERS[name]: query_integer(name) for name in names}
     if device_id is not None:
         values["device_id"] = device_id
+    values.update(_fleet_values())
     minutes = values.get("last_active_in_minutes")
     if minutes is not None and minutes > MINUTES_THAT_COVER_ALL:
         # same answer (every lastSeen is within it), and now - minutes * 60000 stays inside BIGINT
         values["last_active_in_minutes"] = MINUTES_THAT_COVER_ALL
     return ConnectionFilter(**values)
+
+
+MAX_NAME = 64  # a site or sensor id (the fleet console's filters)
+FLEET_FILTERS = {"site": "site", "sensorId": "sensor_id"}
+
+
+def _fleet_values() -> dict:
+    """``site`` and ``sensorId``: the fleet console's filters (a sensor answers for its own data only)."""
+    values = {}
+    for name, field in FLEET_FILTERS.items():
+        given = request.args.getlist(name)
+        if len(given) > 1:
+            raise bad_parameter(name, "is given more than once")
+        if given:
+            if not given[0] or len(given[0]) > MAX_NAME or any(c < " " or c == "\x7f" for c in given[0]):
+                raise bad_parameter(name, f"must be 1 to {MAX_NAME} characters, no control characters")
+            values[field] = given[0]
+    return values
+
+
+def fleet_scope() -> ConnectionFilter:
+    """The devices list's filters: site and sensorId."""
+    return ConnectionFilter(**_fleet_values())
 
 
 def connection_id(text: str) -> tuple[int, int]:

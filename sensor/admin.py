@@ -130,11 +130,11 @@ def connections(holder: Holder, args: dict) -> str:
         args.get("discovered_before"),
         args.get("discovered_after"),
     )
-    return serialize.connections_json(holder.store.cursor(), where) + "\n"
+    return holder.store.connections_json(where) + "\n"  # the store's read interface: a sensor's or the console's
 
 
 def devices(holder: Holder, _args: dict) -> str:
-    return serialize.dumps(serialize.devices(holder.store.cursor())) + "\n"
+    return serialize.dumps(holder.store.devices()) + "\n"
 
 
 def alerts(holder: Holder, args: dict) -> str:

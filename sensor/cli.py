@@ -12,6 +12,7 @@ from pathlib import Path
 from api import cli as api_commands
 
 from . import admin, serialize
+from . import console as fleet_commands
 from .readers import CaptureError
 from .settings import add_arguments as add_run_arguments
 from .store import Store, StoreError
@@ -54,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--db", default=DEFAULT_DB, help=DB_HELP + "; made if missing")
     replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     replay.add_argument("--force", action="store_true", help="read files ingested before again (counters add up)")
-    replay.add_argument("--config", metavar="FILE", help="TOML settings (learning_hours, alert_dedup_minutes ...)")
+    replay.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file: learning_hours, alert_dedup_minutes; with [fleet], ship to ClickHouse too",
+    )
 
     connections = commands.add_parser("connections", help="print the connections JSON the API serves")
     connections.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
@@ -105,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
 
     api_commands.add_commands(commands)  # serve, demo, token (Flask is imported only when they run)
+    fleet_commands.add_commands(commands)  # fleet init, console
     return parser
 
 
@@ -118,16 +124,24 @@ def cmd_replay(args) -> int:
         settings = load(args.config) if args.config else None
     except SettingsError as error:
         raise UsageError(str(error)) from None
+    shipper = _fleet_shipper(settings, args.db)
     store = Store(args.db, detector=Detector.from_settings(settings) if settings else None)
     try:
-        summary = replay(args.paths, store, progress=not args.json or sys.stderr.isatty(), force=args.force)
+        summary = replay(
+            args.paths, store, progress=not args.json or sys.stderr.isatty(), force=args.force, fleet=shipper
+        )
     except BaseException:
         try:
             store.close()
         except StoreError:
             pass  # the first failure is the one to tell
         raise
+    finally:
+        if shipper is not None:  # ship what it can now; the rest waits in the spool for the next run
+            shipper.close(timeout=120)
     store.close()
+    if shipper is not None:
+        summary["fleet"] = shipper.stats()
     print(serialize.dumps(summary) if args.json else format_summary(summary))
     if not summary["files"] or summary["notCaptures"]:  # the captures among them are stored all the same
         raise CaptureError("; ".join(summary["notCaptures"]) or "no capture files found")
@@ -141,6 +155,15 @@ def run_admin(args, command: str, **values) -> int:
     sys.stdout.write(admin.call(args.db, command, values, getattr(args, "admin_socket", None)))
     sys.stdout.flush()
     return 0
+
+
+def _fleet_shipper(settings, db: str):
+    """`replay --config FILE` with [fleet]: a shipper whose spool is beside --db (sensor.fleet)."""
+    if settings is None or settings.fleet is None:
+        return None
+    from . import fleet
+
+    return fleet.start(settings.fleet, db)
 
 
 def cmd_connections(args) -> int:
@@ -199,6 +222,7 @@ COMMANDS = {
     "alerts": cmd_alerts,
     "run": cmd_run,
     **api_commands.COMMANDS,
+    **fleet_commands.COMMANDS,
 }
 
 

@@ -48,6 +48,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
+from . import fleet
 from .capture import Capture, CaptureUnavailable, compile_bpf, prepare_passive_interface
 from .connections import Connection, ConnectionTable, Device
 from .engine import Engine
@@ -334,6 +335,7 @@ class Daemon:
         self.admin = None  # the admin socket (sensor.admin)
         self.wakeup = threading.Event()  # the main loop's: a signal arrived
         self.reload_requested = threading.Event()
+        self.fleet = fleet.start(settings.fleet, settings.db)  # None without [fleet]; ships in its own thread
 
     # -- workers ---------------------------------------------------------------------------------
     def start_worker(self, worker: Worker) -> None:
@@ -485,6 +487,8 @@ class Daemon:
                 try:
                     self.generation += 1  # before and after: a reader mid-write never keeps a stale tag
                     self.store.merge(delta)
+                    if self.fleet is not None:
+                        self.fleet.submit(delta)  # returns at once: spooled and shipped by the fleet thread
                 except Exception as error:  # noqa: BLE001 — disk full, I/O error: keep the data, say so
                     with self.pending_lock:
                         delta.merge(self.pending)  # the join again: nothing counted twice, nothing lost
@@ -572,6 +576,7 @@ class Daemon:
             "pending_connections": pending,
             "workers": len(self.workers),
             "problems": list(dict.fromkeys(problems)),
+            "fleet": None if self.fleet is None else self.fleet.stats(),
         }
 
     # -- the API ---------------------------------------------------------------------------------
@@ -802,6 +807,9 @@ class Daemon:
         flushed = self.flush()
         if not flushed:
             log.error("the last flush failed: %d connections are lost", len(self.pending))
+        if self.fleet is not None and not self.fleet.close():
+            log.warning("fleet: %d deltas wait in %s for ClickHouse", len(self.fleet.spool.pending()),
+                        self.fleet.spool.folder)  # fmt: skip
         if self.server is not None:
             self.server.stop()
             self.server.wait_stopped(10)

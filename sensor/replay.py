@@ -66,12 +66,13 @@ def _no_cycle_collection():
             gc.enable()
 
 
-def replay(paths: list[str], store: Store, progress: bool = True, force: bool = False) -> dict:
+def replay(paths: list[str], store: Store, progress: bool = True, force: bool = False, fleet=None) -> dict:
     """Ingest every capture under paths; returns the summary.  ``force``: read files ingested before too.
+    ``fleet`` (a sensor.fleet.Shipper) gets the deltas of each file once the file is committed.
 
     Raises StoreError when the DB cannot be written (the files committed before stay)."""
     with _no_cycle_collection():
-        return _replay(paths, store, progress, force)
+        return _replay(paths, store, progress, force, fleet)
 
 
 class _Counters(NamedTuple):
@@ -97,7 +98,14 @@ class _Counters(NamedTuple):
 NOTHING = _Counters(0, 0, 0, {})
 
 
-def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict:
+def _replay(paths: list[str], store: Store, progress: bool, force: bool, fleet) -> dict:
+    shipping: list = []  # the deltas of the file being read: shipped once it is committed, dropped if it fails
+
+    def merge(delta) -> None:
+        store.merge(delta)
+        if fleet is not None:
+            shipping.append(delta)
+
     started = time.monotonic()
     files, problems, refused = capture_files(paths)
     files, refused_captures = _in_time_order(files)
@@ -124,25 +132,29 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool) -> dict
                 with store.ingesting(str(path), size, digest.result) as record:
                     reader = CaptureReader(path, batch_size=CHUNK)
                     for batch in reader.batches():
-                        batch, learning_end = _learning_cut(batch, engine, store, learning_end)
+                        batch, learning_end = _learning_cut(batch, engine, store, merge, learning_end)
                         engine.process_batch(batch)
                         if len(engine.table) >= FLUSH_CONNECTIONS:  # bounded memory: joins the file's transaction
-                            store.merge(engine.take_delta())
+                            merge(engine.take_delta())
                         if bar:
                             bar.update(
                                 done_before + reader.bytes_read, totals.packets + engine.packets - before.packets
                             )
-                    store.merge(engine.take_delta())
+                    merge(engine.take_delta())
                     record["packets"] = engine.packets - before.packets
             except StoreError as error:
                 stored = index - len(failed) - len(skipped)
                 kept = f"; the {stored} file(s) read before it are stored" if stored else ""
                 raise StoreError(f"{error} (while storing {path}){kept}") from None
             except Exception as error:  # a fault of the reader or the decoders costs this file, not the run
+                shipping.clear()
                 failed.append(str(path))
                 problems.append(f"{path}: failed, nothing of it stored: {type(error).__name__}: {error}")
                 engine = Engine()  # its flows and counters hold part of the failed file
             else:
+                for delta in shipping:
+                    fleet.submit(delta)
+                shipping.clear()
                 totals += _Counters.of(engine) - before
                 problems.extend(f"{path}: {problem}" for problem in reader.problems)
             done_before += size
@@ -304,7 +316,7 @@ class _Digests:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _learning_cut(batch, engine: Engine, store: Store, learning_end: int | None):
+def _learning_cut(batch, engine: Engine, store: Store, merge, learning_end: int | None):
     """Where the learning period ends inside a batch, what came before it is merged on its own: the
     detector then tells what was learnt from what is new (a replay learns the first part of a capture
     and alerts on the rest).  Returns the rest of the batch and the learning end still ahead (0 once
@@ -320,7 +332,7 @@ def _learning_cut(batch, engine: Engine, store: Store, learning_end: int | None)
     if cut:
         engine.process_batch(_part(batch, 0, cut))
         batch = _part(batch, cut, len(batch.ts_ns))
-    store.merge(engine.take_delta())
+    merge(engine.take_delta())
     return batch, 0
 
 

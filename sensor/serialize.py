@@ -26,6 +26,8 @@ class ConnectionFilter:
     last_active_in_minutes: int | None = None
     discovered_before: int | None = None
     discovered_after: int | None = None
+    site: str | None = None  # the fleet console's filters (sensor.console); a sensor ignores them
+    sensor_id: str | None = None
 
     def where(self, now_ms: int | None = None) -> tuple[str, list]:
         clauses, params = [], []

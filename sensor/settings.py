@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 
 try:
     import tomllib
@@ -21,6 +22,57 @@ DEFAULT_CONFIG = "/etc/otsensor/otsensor.toml"
 
 class SettingsError(Exception):
     """The settings cannot be used (unreadable or malformed file, unknown key, wrong type); one line."""
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """The ``[fleet]`` table: ship each flush's delta to ClickHouse as well (contract section 6, sensor.fleet)."""
+
+    clickhouse_url: str = ""  # http[s]://host:8123/[?database=otsensor]; empty: no fleet
+    site: str = ""  # the plant or SPAN point's site name: devices are (site, ip) fleet-wide
+    sensor_id: str = field(default_factory=lambda: socket.gethostname())
+    user: str | None = None  # ClickHouse user and password (HTTP basic authentication)
+    password: str | None = None
+    ca_file: str | None = None  # PEM bundle to trust for an https URL (default: the system's)
+    spool_mb: float = 256.0  # the on-disk spool beside the DB; deltas beyond it are dropped and counted
+    timeout: float = 30.0  # seconds for one HTTP request
+    ship_interval: float = 30.0  # the flushes of this many seconds are shipped as one delta (one row per pair)
+
+
+_FLEET_TYPES = {"clickhouse_url": (str,), "site": (str,), "sensor_id": (str,), "user": (str,), "password": (str,),
+                "ca_file": (str,), "spool_mb": (int, float), "timeout": (int, float), "ship_interval": (int, float)}  # fmt: skip
+
+
+def fleet_settings(table, source: str) -> FleetSettings:
+    """``[fleet]`` from TOML, checked: one line of error naming the key."""
+    if not isinstance(table, dict):
+        raise SettingsError(f"{source}: fleet must be a table ([fleet]), not {table!r}")
+    values = {}
+    for key, value in table.items():
+        kinds = _FLEET_TYPES.get(key)
+        if kinds is None:
+            raise SettingsError(f"{source}: unknown setting fleet.{key} (known: {', '.join(_FLEET_TYPES)})")
+        if isinstance(value, str) and float in kinds and source.startswith("--"):  # from --fleet KEY=VALUE
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise SettingsError(f"{source}: fleet.{key} must be {_TYPE_NAMES[kinds[-1]]}, not {value!r}")
+        values[key] = (
+            float(value) if float in kinds else (value or None) if key in {"user", "password", "ca_file"} else value
+        )
+    fleet = FleetSettings(**values)
+    if fleet.clickhouse_url:
+        if not fleet.site:
+            raise SettingsError(f"{source}: fleet.site is required with fleet.clickhouse_url")
+        if not fleet.clickhouse_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{source}: fleet.clickhouse_url must be an http:// or https:// URL")
+        if not fleet.sensor_id or len(fleet.sensor_id) > 64 or len(fleet.site) > 64:
+            raise SettingsError(f"{source}: fleet.site and fleet.sensor_id are 1 to 64 characters")
+        if fleet.spool_mb <= 0 or fleet.timeout <= 0 or fleet.ship_interval < 0:
+            raise SettingsError(f"{source}: fleet.spool_mb and fleet.timeout must be positive, ship_interval >= 0")
+    return fleet
 
 
 @dataclass(frozen=True)
@@ -43,13 +95,13 @@ class Settings:
     # the [forwarding] table (alerts to a SIEM), checked and completed by forwarding_settings; None: off
     forwarding: dict | None = None
     admin_socket: str | None = None  # the admin socket (CONTRACT.md section 7); None: the DB's path + ".sock"
+    learning_hours: float = 24.0  # packet time after the DB's first packet during which nothing new alerts
+    alert_dedup_minutes: float = 10.0  # a repeat of an operational command within this counts on its alert
+    fleet: FleetSettings | None = None  # [fleet]: ship deltas to ClickHouse (TOML only)
 
     @property
     def admin_socket_path(self) -> str:
         return self.admin_socket or self.db + ".sock"
-
-    learning_hours: float = 24.0  # packet time after the DB's first packet during which nothing new alerts
-    alert_dedup_minutes: float = 10.0  # a repeat of an operational command within this counts on its alert
 
     def check(self) -> None:
         """What `run` needs beyond well-typed values; SettingsError names the setting."""
@@ -92,6 +144,7 @@ _TYPES = {
     "admin_socket": (str,),
     "learning_hours": (int, float),
     "alert_dedup_minutes": (int, float),
+    "fleet": (dict,),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
                bool: "true or false", dict: "a table"}  # fmt: skip
@@ -106,6 +159,8 @@ def _value(key: str, value, source: str):
     # bool is an int in Python but not a number of workers; an int is a fine number of seconds
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise SettingsError(f"{source}: {key} must be {_TYPE_NAMES[kinds[0]]}, not {value!r}")
+    if key == "fleet":
+        return fleet_settings(value, source)
     if key == "interfaces":
         if not all(isinstance(name, str) and name for name in value):
             raise SettingsError(f"{source}: interfaces must be a list of interface names, not {value!r}")
@@ -212,6 +267,10 @@ def load(path: str | None = None, overrides: dict | None = None) -> Settings:
     for key, value in document.items():
         values[key] = _value(key, value, str(config))
     for key, value in (overrides or {}).items():
+        if key == "fleet" and value:  # --fleet KEY=VALUE: over the file's [fleet] keys, not instead of them
+            table = document.get("fleet") if isinstance(document.get("fleet"), dict) else {}
+            values[key] = fleet_settings({**table, **value}, "--fleet")
+            continue
         if key == "forwarding" and value is not None:  # --forward-to sets the target, the file the rest
             value = {**document.get("forwarding", {}), **value}
         if value is not None:
@@ -237,6 +296,13 @@ def _count(text: str) -> int:
     if not text.isdigit() or len(text) > 9:
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
     return int(text)
+
+
+def _fleet_pair(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or key not in _FLEET_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE with KEY one of {', '.join(_FLEET_TYPES)}")
+    return key, value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -303,6 +369,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MINUTES",
         help=f"repeats of an operational command count on its open alert (default {default.alert_dedup_minutes:g})",
     )
+    add(
+        "--fleet",
+        type=_fleet_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a [fleet] setting (clickhouse_url, site, sensor_id, user, password, ca_file, spool_mb, timeout); repeat",
+    )
     add("--ring-mb", type=_count, metavar="MIB", help=f"kernel ring per interface and worker (default {default.ring_mb})")  # fmt: skip
     add("--admin-socket", metavar="PATH", help="the admin socket for token, connections, devices, status, export "
         "(default: the DB's path + .sock)")  # fmt: skip
@@ -322,4 +395,6 @@ def changes(old: Settings, new: Settings) -> tuple[dict, dict]:
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The settings given as flags (``add_arguments``'s), for :func:`load`."""
-    return {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    overrides["fleet"] = dict(overrides["fleet"]) if overrides["fleet"] else None  # None: the file's [fleet] stands
+    return overrides

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from . import serialize
 from .connections import ConnectionTable, ip_text
 from .detect import Changes, Detector, addresses_json
 from .migrations import SchemaTooNew, upgrade
@@ -321,7 +322,19 @@ class Store:
             opened, self._unpublished = self._unpublished, []
         self.detector.publish(self.db, opened)  # only alerts of a committed file reach a SIEM
 
-    # -- reading ----------------------------------------------------------------------------------
+    # -- reading: what the API calls (sensor.console.ClickHouseStore answers the same over the fleet) --
+
+    def connections_json(self, where=None, now_ms: int | None = None) -> str:
+        return serialize.connections_json(self.cursor(), where or serialize.ConnectionFilter(), now_ms)
+
+    def connection_detail(self, first_id: int, second_id: int) -> dict | None:
+        return serialize.connection_detail(self.cursor(), first_id, second_id)
+
+    def devices(self, where=None) -> list[dict]:
+        return serialize.devices(self.cursor())
+
+    def device(self, device_id: int) -> dict | None:
+        return serialize.device(self.cursor(), device_id)
 
     def counts(self) -> tuple[int, int]:
         cursor = self.cursor()

@@ -1,0 +1,274 @@
+"""The fleet console's store: every sensor's data in ClickHouse, read through sensor.store.Store's read interface.
+
+Owns the fleet-wide queries (states merged across sensors and shards) and the `fleet init` and `console`
+commands; the API is the same create_app as on a sensor (one API, two stores). Tokens live in the
+console's own small DuckDB. Never writes to ClickHouse but through `fleet init`.
+
+Fleet-wide ids: a device is (site, ip) and its id the low 53 bits of cityHash64(site, ip), computed by
+ClickHouse when deltas arrive, so it is stable, the same on every shard and every console, and exact in
+any JSON client. Two sensors of one site seeing one address see one device; one address in two sites is
+two devices. A connection is (site, initiator, responder) merged over the site's sensors.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import serialize
+from .fleet import COMMAND_SEPARATOR, IDENTITY, ClickHouse, FleetError, init
+from .oui import vendor as oui_vendor
+from .serialize import ConnectionFilter, rfc3339
+from .store import Store, StoreError
+
+DEFAULT_CONSOLE_DB = "otsensor-console.duckdb"
+
+
+def quote(text: str) -> str:
+    """A ClickHouse string literal (backslash escapes, as every version reads them)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _scope(where: ConnectionFilter) -> list[str]:
+    clauses = []
+    if where.site is not None:
+        clauses.append(f"site = {quote(where.site)}")
+    if where.sensor_id is not None:
+        clauses.append(f"sensor_id = {quote(where.sensor_id)}")
+    return clauses
+
+
+class ClickHouseStore:
+    """sensor.store.Store's read interface over the fleet tables; ``cursor()`` is the token DB's."""
+
+    def __init__(self, client: ClickHouse, tokens: Store) -> None:
+        self.client, self.tokens = client, tokens
+        self.path = tokens.path  # /healthz reads the token DB's age; the fleet's own is in ClickHouse
+        self.db = client.database
+
+    def cursor(self):
+        return self.tokens.cursor()
+
+    def close(self) -> None:
+        self.tokens.close()
+
+    def counts(self) -> tuple[int, int]:
+        try:
+            devices = self.client.rows(f"SELECT uniqExact(device_id) FROM {self.db}.devices_state")[0][0]
+            connections = self.client.rows(f"SELECT uniqExact(first_id, second_id) FROM {self.db}.connections_state")
+        except FleetError as error:
+            raise StoreError(str(error)) from None
+        return int(devices), int(connections[0][0])
+
+    # -- connections ------------------------------------------------------------------------------
+    def _connections(self, where: ConnectionFilter, now_ms: int | None = None, pair: tuple | None = None) -> list:
+        clauses, ids = _scope(where), None
+        # PREWHERE: the id columns are read first, the aggregate states only where they match
+        if where.device_id is not None:
+            ids = self._device_pairs(int(where.device_id))
+            if ids is None:
+                return []
+        if pair is not None:
+            ids = f"first_id = {int(pair[0])} AND second_id = {int(pair[1])}"
+        having = []
+        if where.last_active_in_minutes is not None:
+            now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+            minutes = min(where.last_active_in_minutes, serialize.MAX_INTEGER // 60_000)
+            having.append(f"seen >= {now_ms - minutes * 60_000}")
+        if where.discovered_before is not None:
+            having.append(f"disc < {int(where.discovered_before)}")
+        if where.discovered_after is not None:
+            having.append(f"disc > {int(where.discovered_after)}")
+        scope = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        if having:
+            # Time filters hold for the merged pair, so they are a HAVING; the pairs that pass are found
+            # first from the ids and the min/max states alone (merging every pair's sets fleet-wide would
+            # read them all), then only those are read whole. GLOBAL: with Distributed tables the list is
+            # made once and sent to every shard.
+            times = "minMerge(discovered) AS d0, maxMerge(last_seen) AS l0, if(l0 < 0, 0, d0) AS disc, if(l0 < 0, 0, l0) AS seen"
+            keep = f"""(first_id, second_id) GLOBAL IN (SELECT first_id, second_id FROM (SELECT first_id,
+                second_id, {times} FROM {self.db}.connections_state {"PREWHERE " + ids if ids else ""} {scope}
+                GROUP BY first_id, second_id HAVING {" AND ".join(having)}))"""
+            ids = f"({ids}) AND {keep}" if ids else keep
+        # a pair whose times are not known yet (lastSeen -1) shows 0 and 0, as a sensor's store does
+        # sets come sorted, commands grouped by protocol: the JSON is then one dict per row in Python
+        sql = f"""SELECT first_id, second_id, any(site), arraySort(groupUniqArray(sensor_id)),
+            arraySort(groupUniqArrayArrayMerge(ports)), arraySort(groupUniqArrayArrayMerge(protocols)) AS names,
+            arrayMap(p -> arraySort(arrayMap(c -> substring(c, length(p) + 2),
+                arrayFilter(c -> position(c, concat(p, '{COMMAND_SEPARATOR}')) = 1, cmds))), names),
+            minMerge(discovered) AS d0, maxMerge(last_seen) AS l0,
+            if(l0 < 0, 0, d0) AS disc, if(l0 < 0, 0, l0) AS seen, maxMerge(user_agent), any(client),
+            groupUniqArrayArrayMerge(commands) AS cmds
+            FROM {self.db}.connections_state {"PREWHERE " + ids if ids else ""} {scope}
+            GROUP BY first_id, second_id ORDER BY first_id, second_id"""
+        try:
+            return self.client.rows(sql)
+        except FleetError as error:
+            raise StoreError(str(error)) from None
+
+    def _device_pairs(self, device_id: int) -> str | None:
+        """A PREWHERE that reads only ``device_id``'s pairs, found in device_pairs (keyed by device id); the
+        site and first ids hit connections_state's primary key. None: the device has no connection."""
+        try:
+            rows = self.client.rows(
+                f"SELECT DISTINCT site, first_id, second_id FROM {self.db}.device_pairs WHERE device_id = {device_id}"
+            )
+        except FleetError as error:
+            raise StoreError(str(error)) from None
+        if not rows:
+            return None
+        sites = ", ".join(sorted({quote(site) for site, _, _ in rows}))
+        firsts = ", ".join(sorted({str(int(first)) for _, first, _ in rows}))
+        pairs = ", ".join(sorted({f"({int(first)}, {int(second)})" for _, first, second in rows}))
+        return f"site IN ({sites}) AND first_id IN ({firsts}) AND (first_id, second_id) IN ({pairs})"
+
+    @staticmethod
+    def _connection(row) -> dict:
+        first, second, site, sensors, ports, names, commands, _d0, _l0, discovered, seen = row[:11]
+        return {
+            "id": f"{first}-{second}",
+            "firstDeviceId": first,
+            "secondDeviceId": second,
+            "lastSeen": seen,
+            "discovered": discovered,
+            "ports": ports,
+            "protocols": [{"name": n, "commands": c} for n, c in zip(names, commands)],
+            "site": site,
+            "sensorId": sensors[0],
+            "sensorIds": sensors,
+        }
+
+    def connections_json(self, where: ConnectionFilter | None = None, now_ms: int | None = None) -> str:
+        rows = self._connections(where or ConnectionFilter(), now_ms)
+        return serialize.dumps([self._connection(row) for row in rows])
+
+    def connection_detail(self, first_id: int, second_id: int) -> dict | None:
+        rows = self._connections(ConnectionFilter(), pair=(first_id, second_id))
+        if not rows:
+            return None
+        detail = self._connection(rows[0])
+        user_agent, client_ip = rows[0][11], rows[0][12]
+        # one row per delta (ReplacingMergeTree's key), whether or not its copies are merged away yet
+        counts = self.client.rows(
+            f"""SELECT sum(p), sum(b) FROM (SELECT any(packets) AS p, any(bytes) AS b
+            FROM {self.db}.connection_counts WHERE first_id = {int(first_id)} AND second_id = {int(second_id)}
+            GROUP BY site, sensor_id, first_id, second_id, delta_id, client, server)"""
+        )
+        detail["identity"] = {"sourceIp": client_ip, "userAgent": user_agent or None}
+        detail["connectedAt"] = rfc3339(detail["discovered"])
+        detail["lastActiveAt"] = rfc3339(detail["lastSeen"])
+        detail["packets"], detail["bytes"] = int(counts[0][0] or 0), int(counts[0][1] or 0)
+        return detail
+
+    # -- devices ----------------------------------------------------------------------------------
+    def _devices(self, clauses: list[str]) -> list[dict]:
+        identity = ", ".join(f"maxMerge({name})" for name in IDENTITY)
+        sql = f"""SELECT device_id, any(site), any(ip), groupUniqArray(sensor_id), groupUniqArrayArrayMerge(macs),
+            groupUniqArrayArrayMerge(roles), {identity}, minMerge(first_seen), maxMerge(last_seen)
+            FROM {self.db}.devices_state {"WHERE " + " AND ".join(clauses) if clauses else ""}
+            GROUP BY device_id ORDER BY device_id"""
+        try:
+            rows = self.client.rows(sql)
+        except FleetError as error:
+            raise StoreError(str(error)) from None
+        found = []
+        for row in rows:
+            device_id, site, ip, sensors, macs, roles = row[:6]
+            vendor, name, model, firmware, serial, user_agent, server = (v or None for v in row[6:13])
+            macs = sorted(macs)
+            mac_vendor = next(filter(None, map(oui_vendor, macs)), None)
+            device = serialize._device((int(device_id), ip, macs, sorted(roles), vendor, mac_vendor, name, model,
+                                        firmware, serial, user_agent, server, int(row[13]), int(row[14]),
+                                        # a sensor's detection is not shipped (yet): unknown here, not false
+                                        None, None, None, "null"))  # fmt: skip
+            sensors = sorted(sensors)
+            device.update(site=site, sensorId=sensors[0], sensorIds=sensors)
+            found.append(device)
+        return found
+
+    def devices(self, where: ConnectionFilter | None = None) -> list[dict]:
+        return self._devices(_scope(where or ConnectionFilter()))
+
+    def device(self, device_id: int) -> dict | None:
+        found = self._devices([f"device_id = {int(device_id)}"])  # the second key column: a few granules
+        return found[0] if found else None
+
+
+# -- commands -------------------------------------------------------------------------------------------
+def add_commands(commands) -> None:
+    """`otsensor fleet init` and `otsensor console`, for sensor.cli's subparsers."""
+    fleet = commands.add_parser("fleet", help="fleet tables in ClickHouse")
+    actions = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    create = actions.add_parser("init", help="create or migrate the fleet tables")
+    create.add_argument(
+        "--clickhouse",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="ClickHouse HTTP URL (http[s]://[user:password@]host:8123/[?database=otsensor]); with --cluster, "
+        "repeat it for every shard (distributed DDL needs ZooKeeper, which a plain install has not)",
+    )
+    create.add_argument("--cluster", metavar="NAME", help="a remote_servers cluster: Distributed tables over it")
+    create.add_argument("--ca-file", metavar="FILE", help="PEM bundle to trust for https URLs")
+
+    from api.cli import _serving_flags
+
+    console = commands.add_parser("console", help="serve the API over every sensor's data in ClickHouse")
+    console.add_argument("--clickhouse", required=True, metavar="URL", help="ClickHouse HTTP URL (as fleet init)")
+    console.add_argument("--ca-file", metavar="FILE", help="PEM bundle to trust for an https URL")
+    console.add_argument("--db", default=DEFAULT_CONSOLE_DB, help="the console's token DB (default %(default)s)")
+    _serving_flags(console)
+
+
+def _client(url: str, ca_file: str | None):
+    from api.cli import CommandError
+
+    try:
+        return ClickHouse(url, ca_file=ca_file)
+    except FleetError as error:
+        raise CommandError(str(error)) from None
+
+
+def cmd_fleet(args) -> int:
+    from api.cli import CommandError
+
+    clients = [_client(url, args.ca_file) for url in args.clickhouse]
+    try:
+        done = init(clients, args.cluster)
+    except FleetError as error:
+        raise CommandError(str(error)) from None
+    for base in done:
+        print(
+            f"fleet tables ready in {clients[0].database} at {base}"
+            + (f" (cluster {args.cluster})" if args.cluster else "")
+        )
+    return 0
+
+
+def cmd_console(args) -> int:
+    import sys
+
+    from api import create_app
+    from api.cli import _admin_server, _server, _settings, run_until_stopped
+
+    client = _client(args.clickhouse, args.ca_file)
+    # made at the first start; while the console holds it, `otsensor token … --db` the same file goes through
+    # the console's admin socket (DB + .sock), as with a sensor
+    tokens = Store(Path(args.db))
+    store = ClickHouseStore(client, tokens)
+    admin = None
+    try:
+        app = create_app(store, _settings(args, stats=lambda: {"mode": "console"}))
+        server = _server(app, args)
+        admin = _admin_server(args, args.db, "console", app, server)
+        print(f"otsensor: console over {client.base} ({client.database}) at {server.url}; tokens in {args.db}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        run_until_stopped(server)
+    finally:
+        if admin is not None:
+            admin.stop()
+        store.close()
+    return 0
+
+
+COMMANDS = {"fleet": cmd_fleet, "console": cmd_console}
