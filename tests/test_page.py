@@ -304,6 +304,18 @@ def test_alerts_table_and_marks_follow_the_alerts_contract(visit, served):
         tab.close()
 
 
+def test_the_sensors_own_alerts_are_listed_and_their_devices_marked(visit, served):
+    """The real alerts endpoint over the demo captures (an engineering station stops an S7-300 there)."""
+    status, alerts = served.api("/api/v1/alerts")
+    assert status == 200 and "PLC Stop command" in {a["title"] for a in alerts}
+    unhandled = {d for a in alerts if not a["handled"] for d in (a["sourceDevice"], a["destinationDevice"]) if d}
+    visit.sign_in()
+    assert visit.hook("markedDevices()") == sorted(unhandled)
+    visit.page.click("[data-tab=alerts]")
+    assert sorted(visit.hook("tableKeys('alerts')")) == sorted(str(a["id"]) for a in alerts)
+    assert "PLC Stop command" in visit.page.locator("#view-alerts").inner_text()
+
+
 def test_new_data_appears_in_place_while_the_page_polls(browser, tmp_path):
     """A poll that brings a new device adds it; every device already drawn keeps its place."""
     from scapy.layers.inet import IP, TCP
