@@ -29,7 +29,7 @@ from sensor.readers import CaptureReader
 from sensor.replay import replay
 from sensor.store import Store
 
-from .conftest import REAL, ROOT, real_captures
+from .conftest import REAL, REAL_ABSENT, ROOT, real_captures
 
 ITI = REAL / "iti"
 HOUR_NS = 3600 * 10**9
@@ -292,6 +292,8 @@ def test_a_firmware_change_alerts_once_and_sinks_get_each_new_alert(tmp_path):
 
 @pytest.fixture(scope="module")
 def stop_db(tmp_path_factory):
+    if not REAL.is_dir():
+        pytest.skip(REAL_ABSENT)
     db = tmp_path_factory.mktemp("stop") / "stop.duckdb"
     ingest([ITI / "s7_step7_s300_stop.pcapng"], db).close()
     return db
