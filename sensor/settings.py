@@ -40,6 +40,8 @@ class Settings:
     api_threads: int = 8  # API requests answered at once
     prepare_interfaces: bool = False  # bring the interfaces up listen-only (no address, ARP, IPv6) first
     ring_mb: int = 64  # kernel ring per interface and worker, in MiB (1 MiB blocks)
+    db_memory_mb: int = 512  # DuckDB's memory_limit in MiB (DuckDB's own default: 80 % of the machine)
+    db_threads: int = 2  # DuckDB's threads (its own default: one per core, which the workers need)
 
     def check(self) -> None:
         """What `run` needs beyond well-typed values; SettingsError names the setting."""
@@ -57,6 +59,10 @@ class Settings:
             raise SettingsError(f"api_threads must be at least 1, not {self.api_threads}")
         if not 1 <= self.ring_mb <= 4096:
             raise SettingsError(f"ring_mb must be within 1..4096, not {self.ring_mb}")
+        if not 64 <= self.db_memory_mb <= 1 << 20:
+            raise SettingsError(f"db_memory_mb must be within 64..1048576, not {self.db_memory_mb}")
+        if not 1 <= self.db_threads <= 256:
+            raise SettingsError(f"db_threads must be within 1..256, not {self.db_threads}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("tls_cert and tls_key go together: give both for HTTPS, neither for HTTP")
 
@@ -76,6 +82,8 @@ _TYPES = {
     "api_threads": (int,),
     "prepare_interfaces": (bool,),
     "ring_mb": (int,),
+    "db_memory_mb": (int,),
+    "db_threads": (int,),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
                bool: "true or false"}  # fmt: skip
@@ -192,6 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bring the interfaces up listen-only first: no address, no ARP, no IPv6 (needs CAP_NET_ADMIN)",
     )
     add("--ring-mb", type=_count, metavar="MIB", help=f"kernel ring per interface and worker (default {default.ring_mb})")  # fmt: skip
+    add("--db-memory-mb", type=_count, metavar="MIB", help=f"DuckDB's memory limit (default {default.db_memory_mb})")
+    add("--db-threads", type=_count, metavar="N", help=f"DuckDB's threads (default {default.db_threads})")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
