@@ -104,7 +104,8 @@ class Store:
         try:
             self.db.execute("CHECKPOINT")
         except duckdb.Error as error:
-            self.checkpoint_problem = f"cannot checkpoint {self.path} ({self.wal_bytes() >> 20} MiB of WAL): {error}"
+            reason = " ".join(str(error).split())[:200]  # DuckDB's text may list transactions over lines
+            self.checkpoint_problem = f"cannot checkpoint {self.path} ({self.wal_bytes() >> 20} MiB of WAL): {reason}"
         else:
             self.checkpoint_problem = None
 

@@ -7,6 +7,7 @@ The checkpoint threshold is lowered to 256 KiB here (DuckDB's ``wal_autocheckpoi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -93,10 +94,11 @@ def test_an_idle_api_thread_does_not_stop_checkpoints(tmp_path, monkeypatch):
         alone = Store(copy, read_only=True)
         try:
             packets = alone.cursor().execute("SELECT max(packets) FROM connections").fetchone()[0]
-            assert alone.counts() == store.counts()
+            connections = alone.counts()[1]
         finally:
             alone.close()
         assert packets >= 2 * 25, f"the DB file holds the rows of flush {packets // 2 - 1} of 30"
+        assert connections >= CONNECTIONS + 25  # and the newcomers of those flushes
     finally:
         release.set()
         thread.join()
@@ -104,8 +106,6 @@ def test_an_idle_api_thread_does_not_stop_checkpoints(tmp_path, monkeypatch):
 
 
 def json_count(text: str) -> int:
-    import json
-
     return len(json.loads(text))
 
 
