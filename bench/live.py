@@ -65,8 +65,8 @@ def log(message: str) -> None:
     print("[live] " + message, file=sys.stderr, flush=True)
 
 
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=600)
+def run(*argv: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
 
 
 def ensure_mix(packets: int, seed: int = 1, connections: int = 10_000) -> Path:
@@ -106,8 +106,9 @@ class Wire:
 
     def replay(self, pcap: Path, pps: int, count: int) -> dict:
         """tcpreplay ``count`` frames at ``pps`` (looping over the file); its own figures."""
+        timeout = 600 + 2 * count / pps  # bench/soak.py replays for hours
         result = run("ip", "netns", "exec", self.ns, "tcpreplay", "-i", self.sender_end, f"--pps={pps}",
-                     f"--limit={count}", "--loop=0", "--preload-pcap", "--no-flow-stats", "--timer=nano", str(pcap), check=False)  # fmt: skip
+                     f"--limit={count}", "--loop=0", "--preload-pcap", "--no-flow-stats", "--timer=nano", str(pcap), check=False, timeout=timeout)  # fmt: skip
         text = result.stdout + result.stderr
         actual = re.search(r"Actual: (\d+) packets .*? sent in ([\d.]+) seconds", text)
         rated = re.search(r"Rated: .*?, ([\d.]+) pps", text)
@@ -125,10 +126,10 @@ class Wire:
 class Daemon:
     """`otsensor run` (``python -m sensor run``) on the wire's sensor end; /healthz read over HTTP."""
 
-    def __init__(self, interface: str, workers: int, ring_mb: int, db: Path) -> None:
+    def __init__(self, interface: str, workers: int, ring_mb: int, db: Path, *flags: str) -> None:
         argv = [sys.executable, "-m", "sensor", "run", "--interface", interface, "--workers", str(workers),
                 "--db", str(db), "--listen", "127.0.0.1:0", "--flush-interval", "5", "--ring-mb", str(ring_mb),
-                "--prepare-interfaces"]  # fmt: skip
+                "--prepare-interfaces", *flags]  # fmt: skip
         self.process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.url, self.lines, ready = None, [], threading.Event()
 

@@ -534,6 +534,7 @@ class Daemon:
                         removed = db.execute("DELETE FROM connections WHERE last_seen < ?", [cutoff]).fetchone()[0]
                 finally:
                     self.generation += 1
+                store.checkpoint_if_due()
         except Exception as error:  # noqa: BLE001
             self.retention_problem = f"retention failed: {error}"[:300]
             log.error("%s", self.retention_problem)
@@ -559,7 +560,8 @@ class Daemon:
             elif time.monotonic() - worker.last_report > STALE_SECONDS:
                 problems.append(f"capture worker {worker.index} has not reported for {STALE_SECONDS:g} s")
             problems += worker.counters.get("problems", [])
-        problems += [p for p in (self.flush_problem, self.retention_problem) if p]
+        checkpoint_problem = getattr(self.store, "checkpoint_problem", None)  # None: no store (the unit tests')
+        problems += [p for p in (self.flush_problem, self.retention_problem, checkpoint_problem) if p]
         with self.pending_lock:
             pending = len(self.pending)
         return {
@@ -856,7 +858,8 @@ def run(settings: Settings, reload_settings=None) -> int:
         print(f"otsensor: cannot prepare the capture interfaces: {error}", file=sys.stderr)
         return 2
     try:
-        store = Store(settings.db, detector=Detector.from_settings(settings))
+        store = Store(settings.db, detector=Detector.from_settings(settings), memory_mb=settings.db_memory_mb,
+                      threads=settings.db_threads)  # fmt: skip
     except StoreError as error:
         print(f"otsensor: {error}", file=sys.stderr)
         return 2

@@ -99,6 +99,9 @@ class Settings:
     alert_dedup_minutes: float = 10.0  # a repeat of an operational command within this counts on its alert
     fleet: FleetSettings | None = None  # [fleet]: ship deltas to ClickHouse (TOML only)
 
+    db_memory_mb: int = 512  # DuckDB's memory_limit in MiB (DuckDB's own default: 80 % of the machine)
+    db_threads: int = 2  # DuckDB's threads (its own default: one per core, which the workers need)
+
     @property
     def admin_socket_path(self) -> str:
         return self.admin_socket or self.db + ".sock"
@@ -121,6 +124,10 @@ class Settings:
             raise SettingsError("learning_hours and alert_dedup_minutes must be 0 or positive")
         if not 1 <= self.ring_mb <= 4096:
             raise SettingsError(f"ring_mb must be within 1..4096, not {self.ring_mb}")
+        if not 64 <= self.db_memory_mb <= 1 << 20:
+            raise SettingsError(f"db_memory_mb must be within 64..1048576, not {self.db_memory_mb}")
+        if not 1 <= self.db_threads <= 256:
+            raise SettingsError(f"db_threads must be within 1..256, not {self.db_threads}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("tls_cert and tls_key go together: give both for HTTPS, neither for HTTP")
 
@@ -145,6 +152,8 @@ _TYPES = {
     "learning_hours": (int, float),
     "alert_dedup_minutes": (int, float),
     "fleet": (dict,),
+    "db_memory_mb": (int,),
+    "db_threads": (int,),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
                bool: "true or false", dict: "a table"}  # fmt: skip
@@ -379,6 +388,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ring-mb", type=_count, metavar="MIB", help=f"kernel ring per interface and worker (default {default.ring_mb})")  # fmt: skip
     add("--admin-socket", metavar="PATH", help="the admin socket for token, connections, devices, status, export "
         "(default: the DB's path + .sock)")  # fmt: skip
+    add("--db-memory-mb", type=_count, metavar="MIB", help=f"DuckDB's memory limit (default {default.db_memory_mb})")
+    add("--db-threads", type=_count, metavar="N", help=f"DuckDB's threads (default {default.db_threads})")
 
 
 # What SIGHUP can change in a running daemon; every other setting needs a restart.

@@ -2,6 +2,15 @@
 
 Owns every SQL statement and the JSON that lists are served as (built inside DuckDB); never decodes packets.
 One process owns the file: DuckDB refuses a second writer, which surfaces here as :class:`StoreBusy`.
+
+Reads never hold a transaction: :meth:`Store.cursor` reads every result to the end at once. A DuckDB result
+read with ``fetchone()`` stays open, and with it the read transaction, until the next statement on that
+cursor, and a thread's cursor may idle for hours (the API's server threads, the main thread after the
+metrics collector counted rows once). One such transaction pins every row version written after it began:
+no checkpoint can run (the ``.wal`` grows by every flush, a restart replays all of it) and DuckDB keeps
+every flush's old versions in memory. After a write the WAL is checkpointed once it passes
+``CHECKPOINT_BYTES`` (DuckDB does it on commit; if that was skipped, an explicit CHECKPOINT follows, and a
+failing one is reported as :attr:`Store.checkpoint_problem`).
 """
 
 from __future__ import annotations
@@ -38,17 +47,31 @@ class StoreBusy(StoreError):
     pass
 
 
+CHECKPOINT_BYTES = 16 << 20  # DuckDB's wal_autocheckpoint, set explicitly: the WAL stays near this size
+DEFAULT_MEMORY_MB = 512  # DuckDB's memory_limit (its own default is 80 % of the machine's memory)
+DEFAULT_THREADS = 2  # DuckDB's threads (its own default is one per core, taken from the capture workers)
+
+
 def _ms(ns: int) -> int:
     return ns // 1_000_000
 
 
 class Store:
-    def __init__(self, path: str | Path, read_only: bool = False, detector: Detector | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        read_only: bool = False,
+        detector: Detector | None = None,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        threads: int = DEFAULT_THREADS,
+    ) -> None:
         self.path = str(path)
         new = not os.path.exists(self.path)  # (False where this user may not look, as DuckDB then fails)
         self.detector = detector or Detector()  # alerts and events of each merge (sensor/detect.py)
+        self.checkpoint_problem: str | None = None  # the last explicit CHECKPOINT's failure, until one works
+        config = {"memory_limit": f"{memory_mb}MiB", "threads": threads, "wal_autocheckpoint": f"{CHECKPOINT_BYTES}B"}
         try:
-            self.db = duckdb.connect(self.path, read_only=read_only)
+            self.db = duckdb.connect(self.path, read_only=read_only, config=config)
         except duckdb.Error as error:
             if new and os.path.isfile(self.path) and not os.path.getsize(self.path):
                 os.unlink(self.path)  # DuckDB made it and could not write it (a full disk): not a DB
@@ -72,12 +95,33 @@ class Store:
         except duckdb.Error as error:
             raise _failure(f"cannot upgrade {self.path}", error) from None
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor for the calling thread (DuckDB connections are not shared across threads)."""
+    def cursor(self) -> ReadCursor:
+        """A cursor for the calling thread (DuckDB connections are not shared across threads) whose results
+        are read to the end at once, so that no transaction stays open after a statement (module docstring)."""
         cursor = getattr(self._local, "cursor", None)
         if cursor is None:
-            cursor = self._local.cursor = self.db.cursor()
+            cursor = self._local.cursor = ReadCursor(self.db.cursor())
         return cursor
+
+    def wal_bytes(self) -> int:
+        try:
+            return Path(self.path + ".wal").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def checkpoint_if_due(self) -> None:
+        """CHECKPOINT when the WAL has passed CHECKPOINT_BYTES (DuckDB's own checkpoint on commit was
+        skipped); a failure is kept in checkpoint_problem, not raised: the data is safe in the WAL."""
+        if self.wal_bytes() <= CHECKPOINT_BYTES:
+            self.checkpoint_problem = None
+            return
+        try:
+            self.db.execute("CHECKPOINT")
+        except duckdb.Error as error:
+            reason = " ".join(str(error).split())[:200]  # DuckDB's text may list transactions over lines
+            self.checkpoint_problem = f"cannot checkpoint {self.path} ({self.wal_bytes() >> 20} MiB of WAL): {reason}"
+        else:
+            self.checkpoint_problem = None
 
     def transaction(self):
         return _Transaction(self.db)
@@ -117,6 +161,7 @@ class Store:
                 self._unpublished.extend(opened)  # told once the file's transaction has committed
             else:
                 self.detector.publish(self.db, opened)
+                self.checkpoint_if_due()  # (inside a file's transaction: at its end, in ingesting())
 
     def learning_end_ns(self, first_ns: int | None = None) -> int | None:
         """Packet time (ns) at which learning ends; None before the DB saw a packet, unless ``first_ns``
@@ -321,6 +366,7 @@ class Store:
         finally:
             opened, self._unpublished = self._unpublished, []
         self.detector.publish(self.db, opened)  # only alerts of a committed file reach a SIEM
+        self.checkpoint_if_due()
 
     # -- reading: what the API calls (sensor.console.ClickHouseStore answers the same over the fleet) --
 
@@ -368,6 +414,34 @@ def _protocols_json(protocols: dict) -> str:
     if not protocols:  # TLS, DNS and the like: no protocol the sensor names
         return "[]"
     return json.dumps([{"name": name, "commands": sorted(protocols[name])} for name in sorted(protocols)])
+
+
+class ReadCursor:
+    """A DuckDB cursor whose ``execute`` reads the whole result (``fetchall``) before it returns: the
+    statement's transaction has ended by then. ``fetchone``/``fetchall`` then hand out those rows."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        self._cursor = cursor
+        self._rows: list = []
+        self._next = 0
+
+    def execute(self, sql: str, parameters=None) -> ReadCursor:
+        result = self._cursor.execute(sql, parameters) if parameters is not None else self._cursor.execute(sql)
+        self._rows, self._next = result.fetchall(), 0
+        return self
+
+    def fetchone(self):
+        if self._next >= len(self._rows):
+            return None
+        row = self._rows[self._next]
+        self._next += 1
+        if self._next == len(self._rows):  # a served JSON document is not kept until the next request
+            self._rows, self._next = [], 0
+        return row
+
+    def fetchall(self) -> list:
+        rows, self._rows, self._next = self._rows[self._next :], [], 0
+        return rows
 
 
 class _Transaction:

@@ -49,6 +49,7 @@ def test_defaults_are_the_documented_ones(tmp_path):
     assert settings.db == "/var/lib/otsensor/otsensor.duckdb" and settings.listen == "127.0.0.1:8080"
     assert settings.flush_interval == 5 and settings.retention_days == 0 and settings.rate_limit == 600
     assert settings.tls_cert is None and settings.tls_key is None and not settings.prepare_interfaces
+    assert settings.db_memory_mb == 512 and settings.db_threads == 2  # DuckDB's, not 80 % of RAM and every core
 
 
 def test_file_then_flags(tmp_path):
