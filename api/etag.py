@@ -98,6 +98,12 @@ class RenderCache:
     def size(self) -> int:
         return self._size
 
+    @property
+    def table_costs(self) -> dict[str, float]:
+        """Seconds the last whole rendering of each table took."""
+        with self._lock:
+            return dict(self._cost)
+
     def _start(self, generation) -> None:
         """Forget the last generation's bodies once ``generation`` is asked for (the lock held)."""
         if generation != self._generation:
