@@ -39,20 +39,18 @@ def _list(resource: str, where: serialize.ConnectionFilter, device_id: int | Non
     # a wall-clock window is never cached: its answer changes without any merge
     if tag is None:
         body = render()
-    elif (
-        where.device_id is not None
-        and replace(where, device_id=None) == ALL
-        and hasattr(
-            context.store,
-            "device_connections",  # the fleet console's store renders each device alone
-        )
-    ):
+    elif where.device_id is not None and replace(where, device_id=None) == ALL and _renders_all(context.store):
         body = _device_body(context, where.device_id, resource, f"{resource}?{where}", render)
     else:
         body = context.validators.body(f"{resource}?{where}", render)
     if body is None:
         raise not_found(f"Cannot find device {device_id}")
     return etag.json_response(body, tag)
+
+
+def _renders_all(store) -> bool:
+    """Whether the store renders every device's list at once (the fleet console's renders each alone)."""
+    return hasattr(store, "device_connections")
 
 
 def _device_body(context, device_id: int, resource: str, key: str, render) -> str | None:
