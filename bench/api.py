@@ -10,8 +10,9 @@ keep-alive ``http.client`` connections:
 - p50/p99 latency of the full list, a filtered list (lastActiveInMinutes=60, ~1 % of the connections),
   one device's list, and a 304 poll (one device's list with the If-None-Match of its last answer);
 - requests/s that 32 concurrent pollers get polling random devices' lists: unconditional (200s) over all
-  devices (nearly every answer rendered anew) and over a dashboard's 500 devices (answers rendered once
-  per data generation, then served from memory), and conditional (304s);
+  devices (measured first, so it pays for rendering every device's list in one query) and over a
+  dashboard's 500 devices (answers rendered once per data generation, then served from memory), and
+  conditional (304s); and how long that one rendering of every device's list took;
 - p50/p99 of one device's list (a dashboard's 500 devices) with and without 500 slow connections open
   alongside, each trickling a request head a byte at a time (a slowloris), and a few idle ones.
 
@@ -47,6 +48,7 @@ TARGETS = {  # metric -> (target, "max" for latency ceilings / "min" for through
     "device list p99 ms": (50.0, "max"),
     "304 poll p99 ms": (10.0, "max"),
     "device polls/s (304)": (500.0, "min"),
+    "device polls/s (200)": (500.0, "min"),
     "dashboard polls/s (200)": (500.0, "min"),
     "slowloris poll p99 ms": (50.0, "max"),
 }
@@ -249,9 +251,10 @@ def under_slowloris(port: int, token: str, paths: list[str], count: int) -> dict
 
 
 def measure(port: int, token: str, devices: int, pollers: int, seconds: float, repeat: dict, queue) -> None:
-    results = latency(port, token, devices, repeat)
+    # first, while nothing is rendered yet: the run pays for rendering every device's list (api.etag)
     everyone = [f"/api/v1/devices/{d}/connections" for d in range(1, devices + 1)]
-    results["device polls/s (200)"] = round(throughput(port, token, everyone, pollers, seconds, False))
+    results = {"device polls/s (200)": round(throughput(port, token, everyone, pollers, seconds, False))}
+    results.update(latency(port, token, devices, repeat))
     results["dashboard polls/s (200)"] = round(throughput(port, token, dashboard(devices), pollers, seconds, False))
     results["device polls/s (304)"] = round(throughput(port, token, dashboard(devices), pollers, seconds, True))
     results.update(under_slowloris(port, token, dashboard(devices), SLOW_CONNECTIONS))
@@ -293,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             child.start()
             results = queue.get()
             child.join()
+            costs = app.extensions["otsensor"].validators.bodies.table_costs
+            results["device lists render ms"] = round(costs.get("device-connections", 0.0) * 1000, 1)
         finally:
             server.stop()
             thread.join(10)
@@ -322,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name + ' (ms)':<24} {p50:>10.1f} {p99:>12.1f} {'<= ' + str(int(target)) if target else '':>10}  {verdict}"
         )
     print(f"{'full list, first render (ms)':<35} {results['full list first render ms']:>12.1f}")
+    print(f"{'every device list, one render (ms)':<35} {results['device lists render ms']:>12.1f}")
     for name in ("device polls/s (200)", "dashboard polls/s (200)", "device polls/s (304)"):
         target = TARGETS.get(name)
         verdict = "" if target is None else ("yes" if results[name] >= target[0] else "NO")

@@ -73,6 +73,42 @@ def connections_json(cursor, where: ConnectionFilter = ConnectionFilter(), now_m
     return cursor.execute(sql, params).fetchone()[0]
 
 
+class DeviceConnections:
+    """Every known device's connections list, from one query: each connection's JSON object is built by
+    DuckDB once and shared by both its devices; ``body(id)`` joins a device's objects as DuckDB's list
+    would (``connections_json`` with that deviceId alone gives the same bytes), None for an unknown id."""
+
+    OBJECT_BYTES = 60  # what a Python str costs beyond its text, and its two references
+
+    def __init__(self, objects: dict[int, list[str]], size: int) -> None:
+        self.objects = objects
+        self.size = size  # about the bytes held, for a render cache's budget
+
+    def body(self, device_id: int) -> str | None:
+        objects = self.objects.get(device_id)
+        return None if objects is None else "[" + ",".join(objects) + "]"
+
+
+def device_connections(cursor) -> DeviceConnections:
+    """Every device's connections (either side), ordered as ``connections_json``: one snapshot, one scan."""
+    rows = cursor.execute(
+        f"""SELECT to_json({CONNECTION_OBJECT})::VARCHAR, first_device_id, second_device_id FROM connections
+        UNION ALL SELECT NULL, id, NULL FROM devices
+        ORDER BY first_device_id, second_device_id NULLS FIRST"""
+    ).fetchall()
+    objects: dict[int, list[str]] = {}
+    size = 0
+    for text, first, second in rows:  # by (first, second): each device's list comes out in its order
+        own = objects.setdefault(first, [])
+        if text is None:  # a device row: known, maybe without connections
+            continue
+        own.append(text)
+        if second != first:
+            objects.setdefault(second, []).append(text)
+        size += len(text) + DeviceConnections.OBJECT_BYTES
+    return DeviceConnections(objects, size + 100 * len(objects))
+
+
 def rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

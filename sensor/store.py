@@ -373,6 +373,10 @@ class Store:
     def connections_json(self, where=None, now_ms: int | None = None) -> str:
         return serialize.connections_json(self.cursor(), where or serialize.ConnectionFilter(), now_ms)
 
+    def device_connections(self) -> serialize.DeviceConnections:
+        """Every device's connections list at once (what the API renders per data generation)."""
+        return serialize.device_connections(self.cursor())
+
     def connection_detail(self, first_id: int, second_id: int) -> dict | None:
         return serialize.connection_detail(self.cursor(), first_id, second_id)
 

@@ -810,28 +810,144 @@ def test_generation_etags_answer_304_without_a_query(store, token, monkeypatch):
 def test_answers_are_rendered_once_per_generation(store, token, ids, monkeypatch):
     """A poll of what was already answered in this data generation is served without a query."""
     generation, renders = [0], []
-    original = serialize.connections_json
-    monkeypatch.setattr(serialize, "connections_json", lambda *a, **k: renders.append(1) or original(*a, **k))
+    original, bulk = serialize.connections_json, serialize.device_connections
+    monkeypatch.setattr(serialize, "connections_json", lambda *a, **k: renders.append("one") or original(*a, **k))
+    monkeypatch.setattr(serialize, "device_connections", lambda *a, **k: renders.append("all") or bulk(*a, **k))
     client = create_app(store, {"generation": lambda: generation[0]}).test_client()
     headers = {"Authorization": token}
     device = f"/api/v1/devices/{ids['10.0.0.1']}/connections"
     first = client.get(device, headers=headers)
     assert first.status_code == 200 and client.get(device, headers=headers).data == first.data
+    assert renders == ["all"]  # the first device poll of a generation renders every device's list
+    assert client.get(f"/api/v1/devices/connections?deviceId={ids['10.0.0.2']}", headers=headers).status_code == 200
+    assert client.get("/api/v1/devices/999999/connections", headers=headers).status_code == 404
+    assert renders == ["all"]  # other devices, and an unknown one, come from that one rendering
     assert client.get("/api/v1/devices/connections", headers=headers).status_code == 200
     assert client.get("/api/v1/devices/connections", headers=headers).status_code == 200
-    assert len(renders) == 2  # one per distinct answer
-    assert client.get("/api/v1/devices/999999/connections", headers=headers).status_code == 404
-    assert client.get("/api/v1/devices/999999/connections", headers=headers).status_code == 404
-    assert len(renders) == 3  # a 404 is remembered too
+    assert renders == ["all", "one"]  # one per distinct answer
     for _ in range(2):  # a wall-clock window is never kept
         client.get("/api/v1/devices/connections?lastActiveInMinutes=5", headers=headers)
-    assert len(renders) == 5
-    generation[0] += 1  # a merge: everything is rendered anew
-    assert client.get(device, headers=headers).data == first.data and len(renders) == 6
+    assert len(renders) == 4
+    generation[0] += 1  # a merge: everything is rendered anew, one device alone until many polls make the whole pay
+    assert client.get(device, headers=headers).data == first.data and renders[4:] == ["one"]
+    # (the next polls render every device's list once they took as long as that did last time)
+    del renders[:]
     uncached = create_app(store, {"generation": lambda: 0, "render_cache_bytes": 0}).test_client()
     uncached.get(device, headers=headers)
     uncached.get(device, headers=headers)
-    assert len(renders) == 8
+    assert renders == ["one", "one"]
+
+
+# both sides, several per device, a device talking to itself, IPv6, and devices without any connection
+MANY = [
+    (f"10.1.{a}.{b}", f"10.1.{c}.{d}", {502 + (a + d) % 3}, {"modbus": {"Read Coils"}} if b % 2 else {},
+     1_700_000_000_000 + 1000 * (a + b + c + d), 1_700_000_500_000 + 1000 * (a * b + c), 1, 60, None)
+    for a, b, c, d in [(0, 1, 0, 2), (0, 1, 0, 3), (0, 2, 0, 3), (0, 3, 0, 1), (0, 4, 0, 1), (0, 5, 0, 5),
+                       (0, 2, 0, 6), (0, 7, 0, 2), (0, 8, 0, 9), (0, 9, 0, 8), (0, 1, 0, 9)]
+]  # fmt: skip
+
+
+def fill_many(store: Store) -> None:
+    """TRAFFIC and MANY, plus two devices known only by their MAC (no connection)."""
+    import ipaddress
+
+    fill(store)
+    fill(store, MANY)
+    table = ConnectionTable()
+    table.add_mac(ipaddress.ip_address("10.1.0.50").packed, b"\x00\x1d\x9c\x00\x00\x32")
+    table.add_mac(ipaddress.ip_address("fe80::50").packed, b"\x00\x1d\x9c\x00\x00\x33")
+    store.merge(table)
+
+
+def device_answers(client, headers, device_ids) -> dict:
+    """(status, body) of both ways of asking for each device's connections."""
+    answers = {}
+    for device in device_ids:
+        for path in (f"/api/v1/devices/{device}/connections", f"/api/v1/devices/connections?deviceId={device}"):
+            response = client.get(path, headers=headers)
+            answers[path] = (response.status_code, response.data)
+    return answers
+
+
+def test_every_devices_list_rendered_at_once_is_byte_for_byte_its_own_query(fresh, monkeypatch):
+    fill_many(fresh)
+    headers = {"Authorization": create_token(fresh, "t")}
+    known = [device["id"] for device in serialize.devices(fresh.cursor())]
+    asked = [*known, 0, max(known) + 1, 2**53]  # and unknown ids
+    bulk, calls = serialize.device_connections, []
+    monkeypatch.setattr(serialize, "device_connections", lambda *a, **k: calls.append(1) or bulk(*a, **k))
+    at_once = device_answers(create_app(fresh, {"generation": lambda: 0}).test_client(), headers, asked)
+    assert calls == [1]  # every answer came from the one rendering
+    alone = device_answers(create_app(fresh, {"generation": lambda: 0, "render_cache_bytes": 0}).test_client(),
+                           headers, asked)  # fmt: skip
+    assert calls == [1]  # no cache, no table: each device's own query
+    assert at_once == alone
+    # what the per-device query says, so the comparison covers every case
+    lists = {path: json.loads(body) for path, (status, body) in alone.items() if status == 200}
+    assert {status for status, _ in alone.values()} == {200, 404}
+    assert any(not v for p, v in lists.items() if "/connections?" not in p)  # known devices without connections
+    both = [d for d in known if any(c["secondDeviceId"] == d for c in lists[f"/api/v1/devices/{d}/connections"])
+            and any(c["firstDeviceId"] == d for c in lists[f"/api/v1/devices/{d}/connections"])]  # fmt: skip
+    assert both and any(len(v) >= 4 for v in lists.values())
+    assert alone["/api/v1/devices/0/connections"][0] == 404
+    assert alone["/api/v1/devices/connections?deviceId=0"] == (200, b"[]")
+    everything = json.loads(fresh.connections_json())
+    for device in known:  # and each list is the full list's rows of that device, in its order
+        mine = [c for c in everything if device in (c["firstDeviceId"], c["secondDeviceId"])]
+        assert lists[f"/api/v1/devices/{device}/connections"] == mine
+
+
+def test_a_merge_changes_the_answers_rendered_at_once(fresh):
+    headers = {"Authorization": create_token(fresh, "t")}
+    generation = [0]
+    client = create_app(fresh, {"generation": lambda: generation[0]}).test_client()
+    known = {device["ipAddresses"][0]: device["id"] for device in serialize.devices(fresh.cursor())}
+    asked = [*known.values(), max(known.values()) + 1, max(known.values()) + 40]
+    before = device_answers(client, headers, asked)
+    fill_many(fresh)  # new connections of known devices, new devices
+    generation[0] += 1
+    after = device_answers(client, headers, asked)
+    changed = {path for path in after if after[path] != before[path]}
+    device_path = f"/api/v1/devices/{known['10.0.0.1']}/connections"
+    assert f"/api/v1/devices/{max(known.values()) + 1}/connections" in changed  # 404 before, now known
+    assert device_path not in changed  # nothing new for 10.0.0.1
+    reference = create_app(fresh, {"generation": lambda: 0, "render_cache_bytes": 0}).test_client()
+    assert after == device_answers(reference, headers, asked)
+    # an id not yet known is still 404 under the new generation
+    assert after[f"/api/v1/devices/{max(known.values()) + 40}/connections"][0] == 404
+
+
+def test_a_table_over_the_budget_falls_back_to_each_devices_query(fresh, monkeypatch):
+    fill_many(fresh)
+    headers = {"Authorization": create_token(fresh, "t")}
+    known = [device["id"] for device in serialize.devices(fresh.cursor())]
+    bulk, calls = serialize.device_connections, []
+    monkeypatch.setattr(serialize, "device_connections", lambda *a, **k: calls.append(1) or bulk(*a, **k))
+    small = create_app(fresh, {"generation": lambda: 0, "render_cache_bytes": 2000}).test_client()
+    reference = create_app(fresh, {"generation": lambda: 0, "render_cache_bytes": 0}).test_client()
+    assert device_answers(small, headers, [*known, 0]) == device_answers(reference, headers, [*known, 0])
+    assert calls == [1]  # tried once, did not fit (a few KB over a budget of 2,000 bytes), never again
+
+
+class StoreWithoutBulk:
+    """A store with only the read interface (as the fleet console's ClickHouseStore has)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name):
+        if name == "device_connections":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+def test_a_store_without_the_bulk_read_answers_each_device_alone(fresh):
+    fill_many(fresh)
+    headers = {"Authorization": create_token(fresh, "t")}
+    asked = [device["id"] for device in serialize.devices(fresh.cursor())] + [0]
+    plain = create_app(StoreWithoutBulk(fresh), {"generation": lambda: 0}).test_client()
+    reference = create_app(fresh, {"generation": lambda: 0}).test_client()
+    assert device_answers(plain, headers, asked) == device_answers(reference, headers, asked)
 
 
 def test_the_render_cache_is_bounded_in_bytes():
