@@ -2,6 +2,10 @@
 
     python bench/alerts.py --base /path/to/checkout-of-main [--repeat 5] [--file MIX]
 
+For detection's cost, the base should differ from this tree by detection alone: main just before the
+alerts merge (b811a51).  a646dc3, from before hard-replay's merge, also lacks the SHA-256 that replay
+takes of every file since (in a thread: ~0.23 s CPU on the 1M mix), which the ratio would then count.
+
 Both run as ``python -m sensor replay MIX --db TMP --json`` with the same interpreter (the other checkout
 first on PYTHONPATH), taking turns so that a shared machine's slow spells weigh on both alike; a fresh DB
 each run.  As in bench/ingest.py, both run with Python's default bytecode cache (PYTHONDONTWRITEBYTECODE is
@@ -71,6 +75,16 @@ def detection_seconds(mix: str, workdir: str) -> float:
     return spent[0]
 
 
+def _commit(tree: Path) -> str | None:
+    """The checkout's commit (short), with "+" when its tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD"], capture_output=True).returncode
+    except OSError:
+        return None
+    return head.stdout.strip() + ("+" if dirty else "") if head.returncode == 0 else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, type=Path, help="checkout to compare with (e.g. main's head)")
@@ -88,6 +102,8 @@ def main() -> int:
     report = {
         name: {"walls": [round(w, 3) for w, _ in r], "cpus": [round(c, 3) for _, c in r]} for name, r in runs.items()
     }
+    for name, tree in (("base", args.base), ("this", ROOT)):
+        report[name]["commit"] = _commit(tree)
     for item in report.values():
         item["medianWall"] = statistics.median(item["walls"])
         item["medianCpu"] = statistics.median(item["cpus"])
