@@ -2,9 +2,15 @@
 
     python bench/alerts.py --base /path/to/checkout-of-main [--repeat 5] [--file MIX]
 
+For detection's cost, the base should differ from this tree by detection alone: main just before the
+alerts merge (b811a51).  a646dc3, from before hard-replay's merge, also lacks the SHA-256 that replay
+takes of every file since (in a thread: ~0.23 s CPU on the 1M mix), which the ratio would then count.
+
 Both run as ``python -m sensor replay MIX --db TMP --json`` with the same interpreter (the other checkout
 first on PYTHONPATH), taking turns so that a shared machine's slow spells weigh on both alike; a fresh DB
-each run.  Prints every run's wall and CPU seconds, the medians and their ratio, and the time this tree's
+each run.  As in bench/ingest.py, both run with Python's default bytecode cache (PYTHONDONTWRITEBYTECODE is
+dropped from their environment, as an installed package has its .pyc files): else every run compiles every
+module of its tree, and the tree with more code pays for it in each run.  Prints every run's wall and CPU seconds, the medians and their ratio, and the time this tree's
 replay spent in the merge's detection step (events and alerts of 2,000 devices and 10,000 connections, all
 new: the worst case, once per DB).
 """
@@ -29,7 +35,7 @@ from ingest import ensure_mix  # noqa: E402
 
 def run_once(source: Path, mix: str, workdir: str) -> tuple[float, float]:
     db = os.path.join(workdir, f"{time.monotonic_ns()}.duckdb")
-    env = {**os.environ, "PYTHONPATH": str(source)}
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPATH": str(source)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(
@@ -69,6 +75,16 @@ def detection_seconds(mix: str, workdir: str) -> float:
     return spent[0]
 
 
+def _commit(tree: Path) -> str | None:
+    """The checkout's commit (short), with "+" when its tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD"], capture_output=True).returncode
+    except OSError:
+        return None
+    return head.stdout.strip() + ("+" if dirty else "") if head.returncode == 0 else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, type=Path, help="checkout to compare with (e.g. main's head)")
@@ -86,6 +102,8 @@ def main() -> int:
     report = {
         name: {"walls": [round(w, 3) for w, _ in r], "cpus": [round(c, 3) for _, c in r]} for name, r in runs.items()
     }
+    for name, tree in (("base", args.base), ("this", ROOT)):
+        report[name]["commit"] = _commit(tree)
     for item in report.values():
         item["medianWall"] = statistics.median(item["walls"])
         item["medianCpu"] = statistics.median(item["cpus"])

@@ -269,13 +269,12 @@ class FastPath:
         ports: list[list[int]] = [[] for _ in range(len(clients))]
         for key in _distinct(pair_of * 65536 + server_port):
             ports[key >> 16].append(key & 0xFFFF)
-        flowless = self.flows.flowless
-        rows = zip(
-            address_bytes(clients), address_bytes(servers), ports, packets.tolist(), size.tolist(), low.tolist(),
-            high.tolist(),
+        self.flows.flowless(
+            zip(
+                address_bytes(clients), address_bytes(servers), ports, packets.tolist(),
+                size.astype(np.int64).tolist(), low.tolist(), high.tolist(),
+            )
         )  # fmt: skip
-        for c, v, pair_ports, n, b, first, last in rows:
-            flowless(c, v, pair_ports, n, int(b), first, last)
         table = self.flows.table
         # each sender's MAC, as the flow table records the first MAC of each direction
         raw = np.frombuffer(batch.data, dtype=np.uint8)
@@ -568,9 +567,7 @@ class FastPath:
             ends = (seq[positions] + lengths) & SEQ_MASK
             # Each stream continues after its fast prefix: single PDUs first, then the run.
             last_taken = taken & ~np.r_[taken[1:] & (g[1:] == g[:-1]), False]
-            took = self.flows.took
-            for j, end in zip(g[last_taken].tolist(), ends[last_taken].tolist()):
-                took(streams[j], end)
+            self.flows.took([(streams[j], end) for j, end in zip(g[last_taken].tolist(), ends[last_taken].tolist())])
             fast[positions[taken]] = True
             if named.any():
                 # one (flow, command) per flow, both directions together: flow index, analyzer, code
@@ -589,9 +586,7 @@ class FastPath:
                 )
 
         handled = bulk | fast
-        close = self.flows.close
-        for j in _distinct(group[handled & control]):
-            close(owners[j])
+        self.flows.close([owners[j] for j in _distinct(group[handled & control])])
         leftover = ~self._taken
         leftover[frames[handled]] = False
         if done is not None:
@@ -652,16 +647,5 @@ class FastPath:
         if not deferred:
             return
         update, commands = deferred
-        count, name = self.flows.count, self.flows.name
-        for flow, n, size, low, high in update:
-            count(flow, n, size, low, high)
-        # commands come flow by flow (split() lists them by flow index): one call per flow
-        previous, pairs = None, []
-        for flow, pair in commands:
-            if flow is not previous:
-                if pairs:
-                    name(previous, pairs)
-                previous, pairs = flow, []
-            pairs.append(pair)
-        if pairs:
-            name(previous, pairs)
+        self.flows.count(update)
+        self.flows.name(commands)  # flow by flow (split() lists them by flow index)

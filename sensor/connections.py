@@ -113,10 +113,15 @@ class ConnectionTable:
         if len(macs) < MAX_MACS:
             macs.add(mac_text(mac))
 
-    def add_address(self, address: bytes, protocol: str, value: str) -> None:
-        addresses = self.device(address).addresses.setdefault(protocol, set())
-        if len(addresses) < MAX_ADDRESSES:
-            addresses.add(value)
+    def add_addresses(self, client: bytes, server: bytes, protocol: str, found) -> None:
+        """A flow's protocol addresses, ``(side, value)``: side 0 the client's, 1 the server's."""
+        for side, value in found:
+            addresses = self.device(server if side else client).addresses
+            values = addresses.get(protocol)
+            if values is None:
+                values = addresses[protocol] = set()
+            if len(values) < MAX_ADDRESSES:
+                values.add(value)
 
     def add_operation(self, occurrence: Occurrence) -> None:
         if len(self.operations) < MAX_OPERATIONS:

@@ -110,8 +110,9 @@ class Engine:
         flows = self.flows
         flows.linktype, flows.frames = linktype, data
         try:
-            for offset, caplen, stamp, wirelen, fields in rows:
-                flows.frame = (stamp, offset, caplen)  # evidence of an operational command, if one is read
+            for row in rows:
+                flows.frame = row  # evidence of an operational command, if one is read: no tuple of its own
+                offset, caplen, stamp, wirelen, fields = row
                 if fields is not None:
                     src, dst, sport, dport, flags, seq, start, length = fields
                     packet = Packet(

@@ -151,7 +151,7 @@ def command(code: int) -> tuple[str, str]:
 
 
 def _net_id(raw: bytes) -> str:
-    return ".".join(str(byte) for byte in raw)
+    return "{}.{}.{}.{}.{}.{}".format(*raw)  # six bytes (AMS_HEADER's 6s)
 
 
 def addresses(data: bytes) -> list[tuple[int, str]]:

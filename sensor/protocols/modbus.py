@@ -144,8 +144,16 @@ def command(code: int) -> tuple[str, str]:
     return ("modbus", _NAMES[code])
 
 
+UNIT_ADDRESSES = [((1, str(unit)),) for unit in range(256)]  # what addresses() says of one ADU
+
+
 def addresses(data: bytes) -> list[tuple[int, str]]:
     """The unit ids the initiator's first ADUs address (the responder's, or a gateway's devices)."""
+    if len(data) < 8:
+        return []
+    _, protocol_id, length, unit, _ = MBAP.unpack_from(data)
+    if protocol_id == 0 and 2 <= length <= MAX_LENGTH and len(data) < 14 + length:
+        return UNIT_ADDRESSES[unit]  # one ADU (a flow's first segment, mostly): read once per flow
     units, pos = set(), 0
     while len(data) - pos >= 8 and len(units) < 8:
         _, protocol_id, length, unit, _ = MBAP.unpack_from(data, pos)
