@@ -12,13 +12,13 @@ from pathlib import Path
 from api import cli as api_commands
 
 from . import admin, serialize
-from . import console as fleet_commands
 from .readers import CaptureError
 from .settings import add_arguments as add_run_arguments
 from .store import Store, StoreError
 
 DEFAULT_DB = "otsensor.duckdb"
 DB_HELP = "the DuckDB file (default %(default)s)"
+DEFAULT_CONSOLE_DB = "otsensor-console.duckdb"
 
 
 class UsageError(Exception):
@@ -39,6 +39,38 @@ def add_admin_socket(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the admin socket of the daemon holding the DB, used when it holds it (default: DB + .sock)",
     )
+
+
+def add_fleet_commands(commands) -> None:
+    """`otsensor fleet init` and `otsensor console` (sensor.console runs them; imported only then: it brings
+    the ClickHouse client, ssl and urllib, which no other command needs)."""
+    fleet = commands.add_parser("fleet", help="fleet tables in ClickHouse")
+    actions = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    create = actions.add_parser("init", help="create or migrate the fleet tables")
+    create.add_argument(
+        "--clickhouse",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="ClickHouse HTTP URL (http[s]://[user:password@]host:8123/[?database=otsensor]); with --cluster, "
+        "repeat it for every shard (distributed DDL needs ZooKeeper, which a plain install has not)",
+    )
+    create.add_argument("--cluster", metavar="NAME", help="a remote_servers cluster: Distributed tables over it")
+    create.add_argument("--ca-file", metavar="FILE", help="PEM bundle to trust for https URLs")
+
+    from api.cli import _serving_flags
+
+    console = commands.add_parser("console", help="serve the API over every sensor's data in ClickHouse")
+    console.add_argument("--clickhouse", required=True, metavar="URL", help="ClickHouse HTTP URL (as fleet init)")
+    console.add_argument("--ca-file", metavar="FILE", help="PEM bundle to trust for an https URL")
+    console.add_argument("--db", default=DEFAULT_CONSOLE_DB, help="the console's token DB (default %(default)s)")
+    _serving_flags(console)
+
+
+def _console():
+    from . import console
+
+    return console
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
 
     api_commands.add_commands(commands)  # serve, demo, token (Flask is imported only when they run)
-    fleet_commands.add_commands(commands)  # fleet init, console
+    add_fleet_commands(commands)
     return parser
 
 
@@ -222,7 +254,8 @@ COMMANDS = {
     "alerts": cmd_alerts,
     "run": cmd_run,
     **api_commands.COMMANDS,
-    **fleet_commands.COMMANDS,
+    "fleet": lambda args: _console().cmd_fleet(args),
+    "console": lambda args: _console().cmd_console(args),
 }
 
 

@@ -21,8 +21,6 @@ from .oui import vendor as oui_vendor
 from .serialize import ConnectionFilter, rfc3339
 from .store import Store, StoreError
 
-DEFAULT_CONSOLE_DB = "otsensor-console.duckdb"
-
 
 def quote(text: str) -> str:
     """A ClickHouse string literal (backslash escapes, as every version reads them)."""
@@ -195,31 +193,6 @@ class ClickHouseStore:
 
 
 # -- commands -------------------------------------------------------------------------------------------
-def add_commands(commands) -> None:
-    """`otsensor fleet init` and `otsensor console`, for sensor.cli's subparsers."""
-    fleet = commands.add_parser("fleet", help="fleet tables in ClickHouse")
-    actions = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
-    create = actions.add_parser("init", help="create or migrate the fleet tables")
-    create.add_argument(
-        "--clickhouse",
-        action="append",
-        required=True,
-        metavar="URL",
-        help="ClickHouse HTTP URL (http[s]://[user:password@]host:8123/[?database=otsensor]); with --cluster, "
-        "repeat it for every shard (distributed DDL needs ZooKeeper, which a plain install has not)",
-    )
-    create.add_argument("--cluster", metavar="NAME", help="a remote_servers cluster: Distributed tables over it")
-    create.add_argument("--ca-file", metavar="FILE", help="PEM bundle to trust for https URLs")
-
-    from api.cli import _serving_flags
-
-    console = commands.add_parser("console", help="serve the API over every sensor's data in ClickHouse")
-    console.add_argument("--clickhouse", required=True, metavar="URL", help="ClickHouse HTTP URL (as fleet init)")
-    console.add_argument("--ca-file", metavar="FILE", help="PEM bundle to trust for an https URL")
-    console.add_argument("--db", default=DEFAULT_CONSOLE_DB, help="the console's token DB (default %(default)s)")
-    _serving_flags(console)
-
-
 def _client(url: str, ca_file: str | None):
     from api.cli import CommandError
 
