@@ -187,8 +187,13 @@ def test_a_request_head_has_a_deadline(running, certificate, tls):
     cert, key = certificate
     server = running(**({"tls_cert": cert, "tls_key": key} if tls else {}), head_timeout=1.0)
     context = ssl.create_default_context(cafile=cert) if tls else None
-    with connect(server, context) as sock, Trickle([sock]):
-        status, headers, body = read_answer(sock)  # the server answers while the client is still sending
+    with connect(server, context) as sock:
+        if tls:  # one partial head, then silence: an SSL socket must not be read and written from two threads
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            status, headers, body = read_answer(sock)
+        else:
+            with Trickle([sock]):
+                status, headers, body = read_answer(sock)  # the server answers while the client is still sending
     assert status == 408 and headers["Connection"] == "close"
     assert set(json.loads(body)) == ERROR_KEYS and json.loads(body)["status"] == 408
 
