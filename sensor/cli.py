@@ -6,6 +6,7 @@ Owns the contract's commands and their exit codes (0 ok, 2 usage or unusable inp
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("otsensor: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `otsensor connections | head`: the reader left, as for any Unix filter
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # 128 + SIGPIPE, as a shell reports a filter killed by it
 
 
 if __name__ == "__main__":

@@ -113,3 +113,18 @@ def test_bad_filter_values_are_usage_errors(tmp_path):
     for value in ("-1", "abc", "1e3", str(2**60)):
         result = otsensor("connections", "--db", str(tmp_path / "s.duckdb"), "--device-id", value)
         assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(tmp_path):
+    """`otsensor connections | true`: the reader is gone before the answer is written; the command ends quietly,
+    as a Unix filter does (before: a BrokenPipeError traceback)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "pipe.duckdb"
+    subprocess.run([sys.executable, "-m", "sensor.cli", "replay", *map(str, sorted(PCAPS.glob("*.pcap"))), "--db", str(db),
+                    "--json"], capture_output=True, check=True)  # fmt: skip
+    shell = f"{sys.executable} -m sensor.cli connections --db {db} | true; echo ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "141"  # 128 + SIGPIPE, as a shell reports a filter the pipe killed
