@@ -425,10 +425,11 @@ def test_the_daemon_ships_each_flush(server, tmp_path):
                                             ship_interval=0))  # fmt: skip
     daemon = Daemon(settings, store)
     try:
-        for delta in _deltas(["ndpi/modbus.pcap"], frames=20)[:3]:
+        for shipped, delta in enumerate(_deltas(["ndpi/modbus.pcap"], frames=20)[:3], 1):
             daemon.handle(("report", 0, table_to_wire(delta), {"packets": 1}))
             assert daemon.flush() is True
-        _wait(lambda: daemon.snapshot()["fleet"]["shippedDeltas"] == 3)
+            # each flush's delta ships before the next flush (deltas queued together would ship as their join)
+            _wait(lambda shipped=shipped: daemon.snapshot()["fleet"]["shippedDeltas"] == shipped)
         assert daemon.snapshot()["fleet"]["spooledDeltas"] == 0
         console = ClickHouseStore(client, Store(":memory:"))
         assert by_address(console) == by_address(store) and by_address(store)
