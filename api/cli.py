@@ -179,6 +179,18 @@ def _admin_server(args, db: str, role: str, app, server):
     return admin
 
 
+def serve_holding(args, db: str, role: str, app, announce) -> None:
+    """Serve ``app`` with the admin socket beside ``db`` (`serve`, `demo`, `console`) until SIGTERM or SIGINT;
+    ``announce(url)`` prints what the user needs, with an address they can reach."""
+    server = _server(app, args)
+    admin = _admin_server(args, db, role, app, server)
+    try:
+        announce(reachable_url(server.url))
+        run_until_stopped(server)
+    finally:
+        admin.stop()
+
+
 def run_until_stopped(server) -> None:
     """Serve in a thread; SIGTERM or SIGINT (in the main thread) stops it cleanly."""
     thread = threading.Thread(target=server.serve_forever, name="otsensor-api", daemon=True)
@@ -202,19 +214,16 @@ def cmd_serve(args) -> int:
     from . import create_app
 
     store = Store(existing_db(args.db))  # a missing DB, or one in a folder this user cannot enter: one line
-    admin = None
     try:
         # nothing else writes this DB while it is served here (tokens are not data), so its data has one generation
         app = create_app(store, _settings(args, generation=lambda: 0))
-        server = _server(app, args)
-        admin = _admin_server(args, args.db, "serve", app, server)
-        url = reachable_url(server.url)
-        print(f"otsensor: serving {args.db} at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
-        print(f"otsensor: {curl_line(url, '$TOKEN', args.tls_cert)}", file=sys.stderr, flush=True)
-        run_until_stopped(server)
+
+        def announce(url: str) -> None:
+            print(f"otsensor: serving {args.db} at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+            print(f"otsensor: {curl_line(url, '$TOKEN', args.tls_cert)}", file=sys.stderr, flush=True)
+
+        serve_holding(args, args.db, "serve", app, announce)
     finally:
-        if admin is not None:
-            admin.stop()
         store.close()
     return 0
 
@@ -260,7 +269,6 @@ def cmd_demo(args) -> int:
     db = Path(DEMO_DB)  # in the working directory, as the contract has it
     _fresh(db)
     store = Store(db)
-    admin = None
     try:
         summary = replay([str(path) for path in captures], store, progress=sys.stderr.isatty())
         token = create_token(store, DEMO_TOKEN)
@@ -271,21 +279,19 @@ def cmd_demo(args) -> int:
             "decode_errors": summary["decodeErrors"],
         }
         app = create_app(store, _settings(args, stats=lambda: stats, generation=lambda: 0))
-        server = _server(app, args)
-        admin = _admin_server(args, str(db), "demo", app, server)
-        url = reachable_url(server.url)
-        print(
-            f"replayed {len(summary['files'])} captures from {captures[0].parent}: {summary['packets']:,} packets, "
-            f"{summary['devices']:,} devices, {summary['connections']:,} connections into {db}"
-        )
-        print(f"map:   {url}/  (open it in a browser and paste the token below)")
-        print(f"API:   {url}/api/v1/  (OpenAPI: {url}/api/v1/openapi.json)")
-        print(f"token: {token}")
-        print(curl_line(url, token, args.tls_cert), flush=True)
-        run_until_stopped(server)
+
+        def announce(url: str) -> None:
+            print(
+                f"replayed {len(summary['files'])} captures from {captures[0].parent}: {summary['packets']:,} packets, "
+                f"{summary['devices']:,} devices, {summary['connections']:,} connections into {db}"
+            )
+            print(f"map:   {url}/  (open it in a browser and paste the token below)")
+            print(f"API:   {url}/api/v1/  (OpenAPI: {url}/api/v1/openapi.json)")
+            print(f"token: {token}")
+            print(curl_line(url, token, args.tls_cert), flush=True)
+
+        serve_holding(args, str(db), "demo", app, announce)
     finally:
-        if admin is not None:
-            admin.stop()
         store.close()
     return 0
 

@@ -222,24 +222,21 @@ def cmd_console(args) -> int:
     import sys
 
     from api import create_app
-    from api.cli import _admin_server, _server, _settings, run_until_stopped
+    from api.cli import _settings, serve_holding
 
     client = _client(args.clickhouse, args.ca_file)
     # made at the first start; while the console holds it, `otsensor token … --db` the same file goes through
     # the console's admin socket (DB + .sock), as with a sensor
     tokens = Store(Path(args.db))
     store = ClickHouseStore(client, tokens)
-    admin = None
     try:
         app = create_app(store, _settings(args, stats=lambda: {"mode": "console"}))
-        server = _server(app, args)
-        admin = _admin_server(args, args.db, "console", app, server)
-        print(f"otsensor: console over {client.base} ({client.database}) at {server.url}; tokens in {args.db}",
-              file=sys.stderr, flush=True)  # fmt: skip
-        run_until_stopped(server)
+        serve_holding(
+            args, args.db, "console", app,
+            lambda url: print(f"otsensor: console over {client.base} ({client.database}) at {url}; tokens in {args.db}",
+                              file=sys.stderr, flush=True),
+        )  # fmt: skip
     finally:
-        if admin is not None:
-            admin.stop()
         store.close()
     return 0
 
