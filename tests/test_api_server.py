@@ -88,19 +88,24 @@ def ask(server: ApiServer, path: str, context=None, headers=None) -> tuple[int, 
 
 
 def read_answer(sock: socket.socket) -> tuple[int, dict, bytes]:
-    """Read one whole response (Content-Length framed, or up to the close)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
+    """Read exactly one whole response (Content-Length framed, or up to the close).
+
+    The head is read a byte at a time and the body no further than its length, so a pipelined answer
+    that follows in the same segment stays in the socket for the next call."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
             break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    body = bytearray(rest)
-    lines = head.decode("latin-1").split("\r\n")
+        head += byte
+    lines = head[:-4].decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
     length = int(headers.get("Content-Length", -1))
-    while (length < 0 or len(body) < length) and (chunk := sock.recv(65536)):
+    body = bytearray()
+    while length < 0 or len(body) < length:
+        chunk = sock.recv(65536 if length < 0 else min(65536, length - len(body)))
+        if not chunk:
+            break
         body += chunk
     return int(lines[0].split()[1]), headers, bytes(body)
 
