@@ -142,3 +142,32 @@ def test_udp_and_multicast():
     assert delta.connections[list(delta.connections)[0]].ports == {53}
     assert bytes([224, 0, 0, 251]) not in delta.devices
     assert delta.devices[bytes([10, 0, 0, 20])].last_seen_ns == T0 + 5
+
+
+def held_by_streams(engine: Engine) -> int:
+    flows = {id(flow): flow for flow, _ in engine.flows.entries.values()}.values()
+    return sum(len(s.buf) + sum(map(len, s.pending.values())) for flow in flows for s in flow.streams)
+
+
+def test_what_all_flows_hold_stays_within_the_budget_and_is_counted():
+    """Many flows each holding part of a big PDU: past the budget the stream that grows gives its part up
+    (counted under "reassembly"); the count of held bytes stays exact, and Modbus on another flow is read."""
+    engine = Engine()
+    engine.flows.budget = 30_000
+    sessions = [Session(engine, client=f"10.0.1.{n}", cport=41000 + n, sport=48898) for n in range(1, 11)]
+    ads_write = struct.pack("<HI", 0, 5_032) + bytes(6) + struct.pack("<H", 851) + bytes(6)
+    ads_write += struct.pack("<HHHIII", 32905, 3, 4, 5_000, 0, 1)  # an AMS packet of 5,038 bytes, in part
+    for session in sessions:
+        session.send(True, ads_write + bytes(962))
+    assert engine.flows.held == held_by_streams(engine) == 10 * 1_000
+    for session in sessions:
+        for _ in range(3):
+            session.send(True, bytes(1_000))
+            assert engine.flows.held == held_by_streams(engine) <= engine.flows.budget
+    assert engine.errors["reassembly"] >= 1
+    plain = Session(engine, client="10.0.2.1", cport=42000)
+    plain.send(True, mbap(7, 3))
+    assert ("10.0.2.1", PLC, "modbus", "Read Holding Registers") in rows(engine)
+    engine.flows.now_ns += 3600 * 10**9
+    engine.fold(evict=True)  # every flow idle for an hour is forgotten, and what it held with it
+    assert engine.flows.held == 0 and not engine.flows.entries
