@@ -25,6 +25,9 @@ BUFFER_BUDGET = 64 * 1024 * 1024
 TCP_IDLE_NS = 300 * 10**9
 UDP_IDLE_NS = 60 * 10**9
 CLOSED_IDLE_NS = 10 * 10**9
+# A TCP flow the responder never answered (a scan's SYN, a dead host): forgotten after this much idle
+# time rather than TCP_IDLE_NS, so that a scan holds ~30 s of its flows in memory, not 5 minutes'.
+UNANSWERED_IDLE_NS = 30 * 10**9
 
 NOT_RECOGNISED = Analyzer(name="", probe=lambda data, to_server: False, parse=lambda buf, to_server: (0, [], {}))
 
@@ -600,8 +603,10 @@ class FlowTable:
                 flow.packets = flow.bytes = 0
             if evict:
                 idle = now - flow.last_ns
-                if idle > (TCP_IDLE_NS if flow.proto == IPPROTO_TCP else UDP_IDLE_NS) or (
-                    flow.closed and idle > CLOSED_IDLE_NS
+                if (
+                    idle > (TCP_IDLE_NS if flow.proto == IPPROTO_TCP else UDP_IDLE_NS)
+                    or (flow.closed and idle > CLOSED_IDLE_NS)
+                    or (idle > UNANSWERED_IDLE_NS and flow.streams and flow.streams[1].next_seq is None)
                 ):
                     stale.append(flow)
         for flow in stale:

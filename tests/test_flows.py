@@ -171,3 +171,20 @@ def test_what_all_flows_hold_stays_within_the_budget_and_is_counted():
     engine.flows.now_ns += 3600 * 10**9
     engine.fold(evict=True)  # every flow idle for an hour is forgotten, and what it held with it
     assert engine.flows.held == 0 and not engine.flows.entries
+
+
+def test_a_flow_never_answered_is_forgotten_sooner_than_an_answered_one():
+    """A scan's SYNs: their flows go after 30 s of silence (their pair and port kept), not after 5 minutes
+    as an answered flow does."""
+    engine = Engine()
+    answered = Session(engine, client="10.0.3.1", cport=43001)
+    answered.send(True, mbap(1, 3))
+    probe = Session(engine, client="10.0.3.2", cport=43002, handshake=False)
+    probe.send(True, b"", "S")
+    engine.flows.now_ns += 31 * 10**9
+    engine.fold(evict=True)
+    kept = {(ip_text(flow.client), flow.server_port) for flow, _ in engine.flows.entries.values()}
+    assert kept == {("10.0.3.1", 502)}
+    delta = engine.take_delta()
+    ports = {(ip_text(c), ip_text(s)): connection.ports for (c, s), connection in delta.connections.items()}
+    assert ports == {("10.0.3.1", PLC): {502}, ("10.0.3.2", PLC): {502}}
