@@ -79,9 +79,13 @@ class Engine:
                 self._scalar(batch, frames, headers)
                 early.append(frames)
             early = np.concatenate(early)
-            scalar, deferred = self.fast.split(batch, done=early)
-            self._scalar(batch, scalar, headers)
-            self.fast.finish(deferred)
+            self.flows.may_forget = False  # split hands flows to finish: none may be forgotten in between
+            try:
+                scalar, deferred = self.fast.split(batch, done=early)
+                self._scalar(batch, scalar, headers)
+                self.fast.finish(deferred)
+            finally:
+                self.flows.may_forget = True
         else:
             self._scalar(batch, np.arange(count))
         self.packets += count
