@@ -694,3 +694,45 @@ def test_alerts_wait_in_the_spool_while_clickhouse_is_down(server, tmp_path):
     assert [a["sensorAlertId"] for a in sorted(served, key=lambda a: a["sensorAlertId"])] == [a["id"] for a in mine]
     assert "PLC Stop command" in {a["title"] for a in served} == {a["title"] for a in mine}
     assert all(a["site"] == "plant-w" and a["sensorId"] == "late-1" for a in served)
+
+
+def test_the_daemon_ships_its_alerts_and_their_handling(server, tmp_path):
+    """`otsensor run` with [fleet]: the alerts its flushes open reach the console; one handled through the
+    daemon's API shows handled there after the next ship."""
+    from sensor.daemon import Daemon, table_to_wire
+    from sensor.detect import Detector
+    from sensor.settings import FleetSettings, Settings
+
+    client = fleet.ClickHouse(server.url + "?database=live_alerts")
+    fleet.init([client])
+    db = tmp_path / "live.duckdb"
+    store = Store(db, detector=Detector(learning_hours=0))
+    settings = Settings(interfaces=("span0",), workers=1, db=str(db), learning_hours=0,
+                        fleet=FleetSettings(clickhouse_url=client.base + "?database=live_alerts", site="plant-6",
+                                            sensor_id="live-2", ship_interval=0))  # fmt: skip
+    daemon = Daemon(settings, store)
+    try:
+        for delta in _deltas([ALERT_CAPTURES[0]], frames=50):
+            daemon.handle(("report", 0, table_to_wire(delta), {"packets": 1}))
+            assert daemon.flush() is True
+        mine = store.alerts(2)
+        assert "PLC Stop command" in {a["title"] for a in mine}
+        _wait(lambda: daemon.snapshot()["fleet"]["shippedAlerts"] >= len(mine) and not daemon.fleet.spool.pending())
+        http, auth = _console(client)
+        served = http.get("/api/v2/alerts", headers=auth).get_json()
+        assert sorted((a["sensorAlertId"], a["title"], a["time"]) for a in served) == [
+            (a["id"], a["title"], a["time"]) for a in mine
+        ]
+        token = create_token(store, "soc")
+        sensor_api = create_app(store, {"rate_limit": 0}).test_client()
+        stop = next(a for a in mine if a["title"] == "PLC Stop command")
+        answer = sensor_api.put(f"/api/v1/alerts/{stop['id']}", json={"action": "handle"},
+                                headers={"Authorization": token})  # fmt: skip
+        assert answer.status_code == 200 and answer.get_json()["handled"] is True
+        _wait(lambda: http.get("/api/v2/alerts?state=handled", headers=auth).get_json() != [])
+        handled = http.get("/api/v2/alerts?state=handled", headers=auth).get_json()
+        assert [(a["sensorAlertId"], a["handled"]) for a in handled] == [(stop["id"], True)]
+        assert len(http.get("/api/v2/alerts?state=unhandled", headers=auth).get_json()) == len(mine) - 1
+    finally:
+        daemon.fleet.close()
+        store.close()
