@@ -335,6 +335,7 @@ def test_two_shards_answer_as_one_server(root, server, sensors):
                     c["firstDeviceId"], c["secondDeviceId"]
                 )
             assert sharded.counts() == single.counts()
+            assert sharded.alerts(2) == single.alerts(2) != []  # each alert's states on its sensor's shard
     finally:
         for shard in shards:
             shard.stop()
