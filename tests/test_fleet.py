@@ -624,6 +624,32 @@ def test_the_console_serves_the_sensors_alerts(alerting):
         assert "sensor" in error["message"]
 
 
+def test_alerts_that_overflow_the_spool_are_counted_and_handed_over_at_the_next_start(server, tmp_path):
+    """A full spool drops alert states (counted in /healthz and /metrics, never noted as spooled); the next
+    start hands them over again, and they arrive."""
+    from sensor.detect import Detector
+
+    store = Store(":memory:", detector=Detector(learning_hours=0))
+    replay([str(REAL / ALERT_CAPTURES[0])], store, progress=False)
+    mine = store.alerts(2)
+    down = fleet.ClickHouse(f"http://127.0.0.1:{fleet_servers.free_port()}/", timeout=1)
+    full = fleet.Shipper(down, "plant-o", "over-1", fleet.Spool(tmp_path / "spool", 200)).start().attach(store)
+    _wait(lambda: full.stats()["droppedAlerts"] == len(mine) and not full.alert_queue)
+    app = create_app(Store(":memory:"), {"stats": lambda: {"fleet": full.stats()}})
+    with app.test_client() as http:
+        assert http.get("/healthz").get_json()["fleet"]["droppedAlerts"] == len(mine)
+        assert f"otsensor_fleet_dropped_alerts_total {float(len(mine))}" in http.get("/metrics").get_data(as_text=True)
+    full.close(timeout=2)
+    client = fleet.ClickHouse(server.url + "?database=overflow")
+    fleet.init([client])
+    again = fleet.Shipper(client, "plant-o", "over-1", fleet.Spool(tmp_path / "spool", 1 << 30)).start()
+    again.attach(store)  # the next start: none of them was spooled, all are handed over
+    assert again.close() and again.stats()["shippedAlerts"] == len(mine)
+    served = ClickHouseStore(client, Store(":memory:")).alerts(2)
+    assert sorted(a["sensorAlertId"] for a in served) == [a["id"] for a in mine]
+    store.close()
+
+
 def test_handling_on_the_sensor_shows_on_the_console(alerting, tmp_path):
     """Handled live (a shipper attached to the store), handled offline (`otsensor alerts handle` on the file,
     shipped at the next start); replaying again or shipping a spool file twice doubles nothing."""
