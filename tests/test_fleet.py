@@ -480,6 +480,14 @@ def test_otsensor_console_serves_the_fleet(server, sensors, tmp_path):
                 assert time.monotonic() < deadline and console.poll() is None, "the console did not start"
                 time.sleep(0.2)
         assert served == console_views(fleet.ClickHouse(server.url))[2]
+        # `otsensor alerts --db` the console's file: the fleet's alerts, through its admin socket; handling refused
+        listed = subprocess.run([*token_create[:3], "alerts", "--db", str(db)], capture_output=True, text=True)
+        assert listed.returncode == 0
+        fleet_alerts = ClickHouseStore(fleet.ClickHouse(server.url), Store(":memory:")).alerts(1)
+        assert json.loads(listed.stdout) == fleet_alerts != []
+        handle = [*token_create[:3], "alerts", "handle", str(fleet_alerts[0]["id"]), "--db", str(db)]
+        refused = subprocess.run(handle, capture_output=True, text=True)
+        assert refused.returncode == 2 and "on the sensor that raised them" in refused.stderr
     finally:
         console.terminate()
         console.wait(20)
