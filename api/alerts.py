@@ -1,6 +1,7 @@
 """Alerts and events (CONTRACT section 4): the lists, handling an alert, and an alert's evidence as a pcap.
 
-Owns these routes and their parameters; the JSON comes from sensor.serialize, the writes from the store.
+Owns these routes and their parameters; the JSON and the writes come from the store (a sensor's, or the
+fleet console's, which serves the lists and refuses the rest with 501: sensor.store.NotServed).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from sensor import serialize
+from sensor.store import NotServed
 
 from . import etag, params
 from .errors import ApiError, bad_parameter, not_found
@@ -36,9 +38,13 @@ def _alert_filter() -> serialize.AlertFilter:
     )  # fmt: skip
 
 
+def _not_served(error: NotServed) -> ApiError:
+    return ApiError(501, str(error))
+
+
 def _alerts(version: int):
     context = current_app.extensions["otsensor"]
-    body = serialize.dumps(serialize.alerts(context.store.cursor(), version, _alert_filter()))
+    body = serialize.dumps(context.store.alerts(version, _alert_filter(), scope=params.fleet_scope()))
     return etag.json_response(body)  # tagged by its body: handling an alert changes it without a merge
 
 
@@ -62,16 +68,22 @@ def handle_alert(alert_id: str):
             400, 'The body must be {"action": "handle"} or {"action": "handleAndLearn"}', {"field": "action"}
         )
     store = current_app.extensions["otsensor"].store
-    if not store.handle_alert(number, learn=ACTIONS[action]):
-        raise not_found(f"Cannot find alert {number}")
-    found = serialize.alerts(store.cursor(), 1, ids=[number])
+    try:
+        if not store.handle_alert(number, learn=ACTIONS[action]):
+            raise not_found(f"Cannot find alert {number}")
+    except NotServed as error:
+        raise _not_served(error) from None
+    found = store.alerts(1, ids=[number])
     return etag.json_response(serialize.dumps(found[0]))
 
 
 @blueprint.get("/v2/alerts/pcap/<alert_id>")
 def alert_pcap(alert_id: str):
     number = params.non_negative("alertId", alert_id)
-    data = serialize.alert_pcap(current_app.extensions["otsensor"].store.cursor(), number)
+    try:
+        data = current_app.extensions["otsensor"].store.alert_pcap(number)
+    except NotServed as error:
+        raise _not_served(error) from None
     if data is None:
         raise not_found(f"Cannot find alert {number}")
     if not data:
@@ -86,5 +98,8 @@ def events():
     minutes = params.query_integer("minutesTimeFrame")
     if minutes is not None and minutes > serialize.MAX_EVENT_MINUTES:
         raise bad_parameter("minutesTimeFrame", f"must be at most {serialize.MAX_EVENT_MINUTES}")
-    found = serialize.events(current_app.extensions["otsensor"].store.cursor(), minutes, _text("type"))
+    try:
+        found = current_app.extensions["otsensor"].store.events(minutes, _text("type"))
+    except NotServed as error:
+        raise _not_served(error) from None
     return etag.json_response(serialize.dumps(found))

@@ -21,6 +21,7 @@ IDENTIFIERS = {
     408: "request_timeout",
     429: "too_many_requests",
     500: "internal_error",
+    501: "not_implemented",
     503: "unavailable",
 }
 MAX_ECHO = 200  # a path echoed in a message is cut here, so an over-long URL cannot bloat the answer

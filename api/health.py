@@ -154,8 +154,10 @@ class CaptureCollector:
                 ("otsensor_fleet_shipped_deltas", "shippedDeltas", "Deltas shipped to ClickHouse"),
                 ("otsensor_fleet_shipped_rows", "shippedRows", "Rows shipped to ClickHouse"),
                 ("otsensor_fleet_failures", "failures", "Failed attempts to ship to ClickHouse"),
+                ("otsensor_fleet_dropped_alerts", "droppedAlerts", "Alert states dropped: the spool was full"),
+                ("otsensor_fleet_shipped_alerts", "shippedAlerts", "Alert states shipped to ClickHouse"),
             ):
-                yield CounterMetricFamily(name, text, value=fleet[key])
+                yield CounterMetricFamily(name, text, value=fleet.get(key, 0))
         try:
             devices, connections = self.context.store.counts()
         except Exception:  # noqa: BLE001 — a scrape must not fail because storage does; /healthz says why

@@ -87,18 +87,24 @@ ALERT_V2_FIELDS = {
     "destinationDeviceAddress": NULLABLE_STRING,
     "remediationSteps": STRINGS,
 }
+# The fleet console's alerts (`otsensor console`) also carry these; its `id` is fleet-wide (sensor.console).
+ALERT_FLEET_FIELDS = {
+    "site": {"type": "string", "description": "fleet console only: the site of the sensor that raised it"},
+    "sensorId": {"type": "string", "description": "fleet console only: the sensor that raised it"},
+    "sensorAlertId": {**INTEGER, "description": "fleet console only: the alert's id on that sensor"},
+}
 ALERT_SCHEMAS = {
     "Alert": {
         "type": "object",
         "required": list(ALERT_FIELDS),
         "additionalProperties": False,
-        "properties": ALERT_FIELDS,
+        "properties": {**ALERT_FIELDS, **ALERT_FLEET_FIELDS},
     },
     "AlertV2": {
         "type": "object",
         "required": [*ALERT_FIELDS, *ALERT_V2_FIELDS],
         "additionalProperties": False,
-        "properties": {**ALERT_FIELDS, **ALERT_V2_FIELDS},
+        "properties": {**ALERT_FIELDS, **ALERT_V2_FIELDS, **ALERT_FLEET_FIELDS},
     },
     "Event": {
         "type": "object",
@@ -373,6 +379,7 @@ ERRORS = {
     "default": _error("any other error, in the same shape (405, 500, 503)"),
 }
 NOT_MODIFIED = {"304": {"description": "If-None-Match matched: nothing changed, no body"}}
+NOT_ON_THE_CONSOLE = _error("fleet console only: kept on the sensor that raised the alert (not_implemented)")
 
 
 def _parameters(*names: str) -> list[dict]:
@@ -466,13 +473,13 @@ DOCUMENT = {
         "/api/v1/alerts": _get(
             "Alerts, by id; filters combine with AND",
             {"200": _json("alerts", {"type": "array", "items": _ref("Alert")}, etag=True), **NOT_MODIFIED, **ERRORS},
-            ("state", "fromTime", "toTime", "alertType", "ifNoneMatch"),
+            ("state", "fromTime", "toTime", "alertType", "site", "sensorId", "ifNoneMatch"),
             operation_id="listAlerts",
         ),
         "/api/v2/alerts": _get(
             "Alerts with the devices' addresses and remediation steps",
             {"200": _json("alerts", {"type": "array", "items": _ref("AlertV2")}, etag=True), **NOT_MODIFIED, **ERRORS},
-            ("state", "fromTime", "toTime", "alertType", "ifNoneMatch"),
+            ("state", "fromTime", "toTime", "alertType", "site", "sensorId", "ifNoneMatch"),
             operation_id="listAlertsV2",
         ),
         "/api/v1/alerts/{alertId}": {
@@ -495,6 +502,7 @@ DOCUMENT = {
                 "responses": {
                     "200": _json("the alert, handled", _ref("Alert"), etag=True),
                     "404": _error("no such alert"),
+                    "501": NOT_ON_THE_CONSOLE,
                     **ERRORS,
                 },
             }
@@ -507,6 +515,7 @@ DOCUMENT = {
                     "content": {"application/vnd.tcpdump.pcap": {"schema": {"type": "string", "format": "binary"}}},
                 },
                 "404": _error("no such alert, or an alert without packet evidence"),
+                "501": NOT_ON_THE_CONSOLE,
                 **ERRORS,
             },
             ("alertId",),
@@ -514,7 +523,12 @@ DOCUMENT = {
         ),
         "/api/v1/events": _get(
             "Events, newest first",
-            {"200": _json("events", {"type": "array", "items": _ref("Event")}, etag=True), **NOT_MODIFIED, **ERRORS},
+            {
+                "200": _json("events", {"type": "array", "items": _ref("Event")}, etag=True),
+                **NOT_MODIFIED,
+                "501": NOT_ON_THE_CONSOLE,
+                **ERRORS,
+            },
             ("minutesTimeFrame", "eventType", "ifNoneMatch"),
             operation_id="listEvents",
         ),

@@ -141,14 +141,19 @@ def alerts(holder: Holder, args: dict) -> str:
     state = args.get("state")
     if state is not None and state not in serialize.ALERT_STATES:
         raise AdminError(f"--state must be handled or unhandled, not {state!r}")
-    return serialize.dumps(serialize.alerts(holder.store.cursor(), 1, serialize.AlertFilter(state=state))) + "\n"
+    return serialize.dumps(holder.store.alerts(1, serialize.AlertFilter(state=state))) + "\n"
 
 
 def alert_handle(holder: Holder, args: dict) -> str:
+    from .store import NotServed  # (the holder's side: DuckDB is loaded there already)
+
     number = args.get("id")
-    if not isinstance(number, int) or not holder.store.handle_alert(number, learn=bool(args.get("learn"))):
-        raise AdminError(f"no alert {number} in {holder.store.path}")
-    return serialize.dumps(serialize.alerts(holder.store.cursor(), 1, ids=[number])[0]) + "\n"
+    try:
+        if not isinstance(number, int) or not holder.store.handle_alert(number, learn=bool(args.get("learn"))):
+            raise AdminError(f"no alert {number} in {holder.store.path}")
+    except NotServed as error:
+        raise AdminError(str(error)) from None
+    return serialize.dumps(holder.store.alerts(1, ids=[number])[0]) + "\n"
 
 
 def _size(count: int) -> str:

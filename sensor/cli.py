@@ -159,6 +159,8 @@ def cmd_replay(args) -> int:
         raise UsageError(str(error)) from None
     shipper = _fleet_shipper(settings, args.db)
     store = Store(args.db, detector=Detector.from_settings(settings) if settings else None)
+    if shipper is not None:
+        shipper.attach(store)  # the alerts the replay opens or changes, and those that never left before
     try:
         summary = replay(
             args.paths, store, progress=not args.json or sys.stderr.isatty(), force=args.force, fleet=shipper

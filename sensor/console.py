@@ -7,24 +7,32 @@ console's own small DuckDB. Never writes to ClickHouse but through `fleet init`.
 Fleet-wide ids: a device is (site, ip) and its id the low 53 bits of cityHash64(site, ip), computed by
 ClickHouse when deltas arrive, so it is stable, the same on every shard and every console, and exact in
 any JSON client. Two sensors of one site seeing one address see one device; one address in two sites is
-two devices. A connection is (site, initiator, responder) merged over the site's sensors.
+two devices. A connection is (site, initiator, responder) merged over the site's sensors. An alert is
+(site, sensor, the sensor's alert id), its id the low 53 bits of cityHash64 of those three; its devices
+are given by their fleet ids, found from the addresses the sensor named. Handling an alert, its pcap and
+events stay on the sensor that raised them (NotServed: the API answers 501).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from . import serialize
-from .fleet import COMMAND_SEPARATOR, IDENTITY, ClickHouse, FleetError, init
+from .fleet import COMMAND_SEPARATOR, ID_MASK, IDENTITY, ClickHouse, FleetError, device_id_sql, init
 from .oui import vendor as oui_vendor
-from .serialize import ConnectionFilter, rfc3339
-from .store import Store, StoreError
+from .serialize import AlertFilter, ConnectionFilter, rfc3339
+from .store import NotServed, Store, StoreError
 
 
 def quote(text: str) -> str:
     """A ClickHouse string literal (backslash escapes, as every version reads them)."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+ALERT_V2_ONLY = ("sourceDeviceAddress", "destinationDeviceAddress", "remediationSteps")
+ON_THE_SENSOR = "on the sensor that raised them (sensorId; its own id is sensorAlertId)"
 
 
 def _scope(where: ConnectionFilter) -> list[str]:
@@ -190,6 +198,58 @@ class ClickHouseStore:
     def device(self, device_id: int) -> dict | None:
         found = self._devices([f"device_id = {int(device_id)}"])  # the second key column: a few granules
         return found[0] if found else None
+
+    # -- alerts -----------------------------------------------------------------------------------
+    def alerts(self, version: int = 1, where: AlertFilter | None = None, ids: list[int] | None = None,
+               scope: ConnectionFilter | None = None) -> list[dict]:  # fmt: skip
+        """Every sensor's alerts, each in its latest state (the greatest version of (site, sensor, alert id);
+        its copies may not be merged away yet), ordered by time, then site, sensor and the sensor's id."""
+        where = where or AlertFilter()
+        clauses = _scope(scope or ConnectionFilter())
+        if where.type is not None:
+            clauses.append(f"title = {quote(where.type)}")
+        having = []  # on the latest state: an alert handled since is not unhandled
+        if where.state is not None:
+            having.append(f"h = {1 if where.state == 'handled' else 0}")
+        if where.from_time is not None:
+            having.append(f"t >= {int(where.from_time)}")
+        if where.to_time is not None:
+            having.append(f"t <= {int(where.to_time)}")
+        chosen = f"WHERE fleet_id IN ({', '.join(str(int(i)) for i in ids)})" if ids else ""
+        if ids is not None and not ids:
+            return []
+        sql = f"""SELECT fleet_id, site, sensor_id, alert_id, b,
+            {device_id_sql("site", "s")}, {device_id_sql("site", "d")}, s, d
+            FROM (SELECT bitAnd(cityHash64(site, sensor_id, alert_id), {ID_MASK}) AS fleet_id, site, sensor_id,
+                alert_id, argMax(body, version) AS b, argMax(handled, version) AS h, argMax(time, version) AS t,
+                any(source_ip) AS s, any(destination_ip) AS d
+                FROM {self.db}.alerts {"WHERE " + " AND ".join(clauses) if clauses else ""}
+                GROUP BY site, sensor_id, alert_id {"HAVING " + " AND ".join(having) if having else ""})
+            {chosen} ORDER BY t, site, sensor_id, alert_id"""
+        try:
+            rows = self.client.rows(sql)
+        except FleetError as error:
+            raise StoreError(str(error)) from None
+        found = []
+        for fleet_id, site, sensor, sensor_alert_id, body, source, destination, source_ip, destination_ip in rows:
+            alert = json.loads(body)
+            alert.update(id=int(fleet_id), sourceDevice=int(source) if source_ip else None,
+                         destinationDevice=int(destination) if destination_ip else None,
+                         site=site, sensorId=sensor, sensorAlertId=int(sensor_alert_id))  # fmt: skip
+            if version < 2:
+                for key in ALERT_V2_ONLY:
+                    alert.pop(key, None)
+            found.append(alert)
+        return found
+
+    def handle_alert(self, alert_id: int, learn: bool = False) -> bool:
+        raise NotServed(f"Handle alerts {ON_THE_SENSOR}: the console only shows them")
+
+    def alert_pcap(self, alert_id: int) -> bytes | None:
+        raise NotServed(f"An alert's pcap is kept {ON_THE_SENSOR}")
+
+    def events(self, minutes: int | None = None, type: str | None = None) -> list[dict]:
+        raise NotServed("Events are kept on each sensor (GET /api/v1/events there); the console serves alerts")
 
 
 # -- commands -------------------------------------------------------------------------------------------

@@ -336,6 +336,8 @@ class Daemon:
         self.wakeup = threading.Event()  # the main loop's: a signal arrived
         self.reload_requested = threading.Event()
         self.fleet = fleet.start(settings.fleet, settings.db)  # None without [fleet]; ships in its own thread
+        if self.fleet is not None:
+            self.fleet.attach(store)  # its alerts too: each change after its commit, and now what never left
 
     # -- workers ---------------------------------------------------------------------------------
     def start_worker(self, worker: Worker) -> None:

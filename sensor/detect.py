@@ -120,7 +120,9 @@ class Alert:
 class Detector:
     """The merge's detection step.  ``on_alert``: callables given each new alert's JSON (the v1 fields
     plus sourceDeviceAddress / destinationDeviceAddress) after its transaction committed — e.g. a
-    syslog forwarder's ``send``; a sink that raises is logged and skipped."""
+    syslog forwarder's ``send``; a sink that raises is logged and skipped.  ``on_change``: callables
+    given, after each commit, the list of alerts (GET /api/v2/alerts's JSON) opened or changed by it —
+    a count or lastTime grown by a repeat, handled — e.g. the fleet shipper's ``submit_alerts``."""
 
     def __init__(
         self, learning_hours: float = 24.0, dedup_minutes: float = 10.0, on_alert: list[Callable] | None = None
@@ -128,6 +130,8 @@ class Detector:
         self.learning_ms = int(learning_hours * HOUR_MS)
         self.dedup_ms = int(dedup_minutes * MINUTE_MS)
         self.on_alert: list[Callable[[dict], None]] = list(on_alert or [])
+        self.on_change: list[Callable[[list[dict]], None]] = []
+        self.updated: list[int] = []  # the last detect()'s open alerts that a repeat counted on
         self._scans: dict[int, list[tuple[int, int]]] = {}  # source id -> recent (time, new targets)
 
     @classmethod
@@ -154,6 +158,7 @@ class Detector:
     def detect(self, db, delta: ConnectionTable, ids: dict[bytes, int], changes: Changes) -> list[int]:
         """Events and alerts of one merge; returns the ids of the alerts it opened."""
         end = changes.learning_end
+        self.updated = []
         self._learned = {
             tuple(row) for row in db.execute("SELECT title, source_device, destination_device FROM learned").fetchall()
         }
@@ -260,6 +265,7 @@ class Detector:
                         "time = least(time, ?) WHERE id = ?",
                         [time, time, alert_id],
                     )
+                    self.updated.append(alert_id)
                 else:
                     message = f"{title}: {what}, {pair}"
                     if category == MODE:
@@ -306,6 +312,7 @@ class Detector:
             ).fetchone()
             if row is not None:
                 db.execute("UPDATE alerts SET last_time = greatest(last_time, ?) WHERE id = ?", [latest, row[0]])
+                self.updated.append(row[0])
                 continue
             message = f"Network scan detected: {address(source)} reached {targets} new device ports within a minute"
             alert = Alert(time, "Network scan detected", message, "Major", "Anomaly", source, None,
@@ -317,14 +324,27 @@ class Detector:
 
     # -- after the commit ------------------------------------------------------------------------
 
-    def publish(self, db, alert_ids: list[int]) -> None:
-        """Hand each new alert to the sinks (forwarders), in id order."""
-        if not self.on_alert or not alert_ids:
+    def publish(self, db, alert_ids: list[int], changed: list[int] | tuple = ()) -> None:
+        """Hand each new alert to the sinks (forwarders), in id order; the new and the ``changed`` ones
+        (counted on, handled) to the change sinks (the fleet shipper), as one list."""
+        new = alert_ids if self.on_alert else []
+        changed = sorted(set(alert_ids) | set(changed)) if self.on_change else []
+        if not new and not changed:
             return
         from .serialize import alerts as alert_list  # the one JSON shape
 
-        for alert in alert_list(db, version=2, ids=alert_ids):
-            alert.pop("remediationSteps", None)
+        found = alert_list(db, version=2, ids=sorted(set(new) | set(changed)))
+        wanted = set(changed)
+        for sink in self.on_change:
+            try:
+                sink([alert for alert in found if alert["id"] in wanted])
+            except Exception:  # noqa: BLE001 — a sink's failure must not stop the merge
+                log.exception("an alert change sink failed")
+        opened = set(new)
+        for alert in found:
+            if alert["id"] not in opened:
+                continue
+            alert = {k: v for k, v in alert.items() if k != "remediationSteps"}
             for sink in self.on_alert:
                 try:
                     sink(alert)

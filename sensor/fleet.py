@@ -12,6 +12,12 @@ order, any number of times. Sums (packets, bytes) are not, so every delta carrie
 sum), so a delta shipped twice (a retry after a timeout whose insert did land) counts once even before
 the background merge removes the copy. ClickHouse's own insert deduplication would not do: it needs
 Replicated tables (ZooKeeper), and 18.16's plain MergeTree keeps every copy of a retried block.
+
+Alerts travel in the same spool files, in the same order: every alert the store opens or changes
+(a repeat counted on it, handled) is handed over after its commit (``Shipper.submit_alerts``, a sink of
+the detector's ``on_change``) and lands, whole, in ``alerts`` (ReplacingMergeTree(version)), whose
+``version`` is the alert's own state (``alert_version``): it only grows, so the newest state wins
+whatever order or how often rows arrive.
 """
 
 from __future__ import annotations
@@ -83,7 +89,8 @@ DEVICES_STATE = (
     + """,
     first_seen AggregateFunction(min, Int64), last_seen AggregateFunction(max, Int64))"""
 )
-# Alerts (contract section 4), once sensors raise them: one row per (sensor, alert id), the latest wins.
+# Alerts (contract section 4): one row per state of (site, sensor, alert id); the greatest version wins
+# (alert_version). body: the alert as the sensor's GET /api/v2/alerts serves it.
 ALERTS = """(
     site String, sensor_id String, alert_id UInt64, time Int64, title String, severity String,
     source_ip String, destination_ip String, handled UInt8, body String, version UInt64)"""
@@ -298,13 +305,50 @@ def delta_rows(delta: ConnectionTable, site: str, sensor_id: str, delta_id: int)
 IDENTITY_KEYS = {"vendor": "vendor", "name": "name", "type": "model", "firmware": "firmware",
                  "serial": "serial", "userAgent": "user_agent", "server": "server"}  # fmt: skip
 
+# An alert's state only moves forward: `handled` goes false -> true once, and only an unhandled alert is
+# counted on (count + 1, lastTime up) — sensor.detect. So (handled, count, lastTime) ordered that way
+# is a version that grows with every change and is the same for the same state (a file shipped twice,
+# a replay of the same captures), with no counter to keep: bit 63 handled, 21 bits of count
+# (saturating), 42 bits of lastTime in ms (until the year 2109).
+COUNT_BITS, TIME_BITS = 21, 42
+
+
+def alert_version(alert: dict) -> int:
+    count = min(max(int(alert.get("count") or 1), 0), (1 << COUNT_BITS) - 1)
+    last = min(max(int(alert.get("lastTime") or alert.get("time") or 0), 0), (1 << TIME_BITS) - 1)
+    return (int(bool(alert.get("handled"))) << 63) | (count << TIME_BITS) | last
+
+
+def alert_rows(alerts, site: str, sensor_id: str) -> bytes:
+    """Alerts (GET /api/v2/alerts's JSON) as JSONEachRow rows of the ``alerts`` table."""
+    lines = []
+    for alert in alerts:
+        row = {
+            "site": site,
+            "sensor_id": sensor_id,
+            "alert_id": alert["id"],
+            "time": alert["time"],
+            "title": alert["title"],
+            "severity": alert["severity"],
+            "source_ip": alert.get("sourceDeviceAddress") or "",
+            "destination_ip": alert.get("destinationDeviceAddress") or "",
+            "handled": int(bool(alert["handled"])),
+            "body": json.dumps(alert, ensure_ascii=False, separators=(",", ":")),
+            "version": alert_version(alert),
+        }
+        lines.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+    return "\n".join(lines).encode()
+
 
 # --- the spool and the shipper -------------------------------------------------------------------------
 class Spool:
-    """Deltas waiting for ClickHouse: one gzip file per delta, named by its delta id, in a folder beside the DB.
+    """Deltas waiting for ClickHouse: one gzip file per delta (with the alert states of its interval), named
+    by its delta id, in a folder beside the DB.
 
     ``limit_bytes`` bounds the folder: a delta that would pass it is dropped and counted (the sensor's own
     DB still has it). The sequence file keeps the last delta id, so ids never repeat across restarts.
+    ``alerts-spooled`` keeps each alert's last spooled version (a line per spooling), so a start hands
+    over only the alerts whose state never reached the spool.
     """
 
     def __init__(self, folder: str | Path, limit_bytes: int) -> None:
@@ -323,23 +367,29 @@ class Spool:
         self.size = sum(f.stat().st_size for f in files)
         self.dropped_deltas = 0
         self.dropped_rows = 0
+        self.dropped_alerts = 0
         for stale in self.folder.glob("*.tmp"):  # a crash mid-write: never renamed, never counted
             stale.unlink(missing_ok=True)
+        self.versions_file = self.folder / "alerts-spooled"
+        self.spooled_versions: dict[int, int] = self._read_versions()
 
     def pending(self) -> list[Path]:
         return sorted(self.folder.glob("*.delta.gz"))
 
-    def add(self, delta: ConnectionTable, site: str, sensor_id: str) -> int | None:
-        """Write ``delta`` as the next delta id; None (and counted) if the spool is full."""
+    def add(self, delta: ConnectionTable, site: str, sensor_id: str, alerts: list[dict] = ()) -> int | None:
+        """Write ``delta`` and ``alerts`` (their JSON) as the next delta id; None (and counted) if the spool
+        is full."""
         with self.lock:
             delta_id = self.sequence + 1
             connections, devices = delta_rows(delta, site, sensor_id, delta_id)
-            # one file: the lengths of both bodies, then both (gzip: JSON rows shrink ~10x)
-            header = f"{len(connections)} {len(devices)}\n".encode()
-            data = gzip.compress(header + connections + devices, compresslevel=1)
+            alert_body = alert_rows(alerts, site, sensor_id)
+            # one file: the lengths of the bodies, then each (gzip: JSON rows shrink ~10x)
+            header = f"{len(connections)} {len(devices)} {len(alert_body)}\n".encode()
+            data = gzip.compress(header + connections + devices + alert_body, compresslevel=1)
             if self.size + len(data) > self.limit:
                 self.dropped_deltas += 1
                 self.dropped_rows += len(delta.connections) + len(delta.devices)
+                self.dropped_alerts += len(alerts)  # never noted as spooled: a restart hands them over again
                 return None
             self.sequence = delta_id
             final = self.folder / f"{delta_id:016d}.delta.gz"
@@ -351,7 +401,36 @@ class Spool:
             os.replace(temporary, final)
             self._save_sequence()
             self.size += len(data)
+            if alerts:
+                self._note_versions(alerts)
             return delta_id
+
+    def _read_versions(self) -> dict[int, int]:
+        versions: dict[int, int] = {}
+        lines = 0
+        try:
+            with open(self.versions_file) as source:
+                for line in source:
+                    parts = line.split()
+                    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():  # a torn last line: skipped
+                        versions[int(parts[0])] = int(parts[1])
+                        lines += 1
+        except FileNotFoundError:
+            return versions
+        if lines > 2 * len(versions) + 1000:  # mostly superseded lines: written again, one per alert
+            temporary = self.versions_file.with_suffix(".tmp")
+            temporary.write_text("".join(f"{key} {value}\n" for key, value in versions.items()))
+            os.replace(temporary, self.versions_file)
+        return versions
+
+    def _note_versions(self, alerts: list[dict]) -> None:
+        try:
+            with open(self.versions_file, "a") as out:
+                out.write("".join(f"{alert['id']} {alert_version(alert)}\n" for alert in alerts))
+        except OSError:  # only costs a resend at the next start
+            pass
+        for alert in alerts:
+            self.spooled_versions[alert["id"]] = alert_version(alert)
 
     def _save_sequence(self) -> None:
         temporary = self.sequence_file.with_suffix(".tmp")
@@ -359,11 +438,12 @@ class Spool:
         os.replace(temporary, self.sequence_file)
 
     @staticmethod
-    def read(path: Path) -> tuple[bytes, bytes]:
+    def read(path: Path) -> tuple[bytes, bytes, bytes]:
+        """(connections, devices, alerts) rows; a file spooled before alerts were shipped has no alerts."""
         data = gzip.decompress(path.read_bytes())
         header, _, rest = data.partition(b"\n")
-        first, second = (int(n) for n in header.split())
-        return rest[:first], rest[first : first + second]
+        first, second, third = ([int(n) for n in header.split()] + [0])[:3]
+        return rest[:first], rest[first : first + second], rest[first + second : first + second + third]
 
     def remove(self, path: Path) -> None:
         with self.lock:
@@ -381,20 +461,26 @@ def _chunks(body: bytes, rows: int):
         yield b"\n".join(lines[start : start + rows])
 
 
+ALERT_QUEUE_LIMIT = 100_000  # alerts waiting in memory for the spool's writer (one entry per alert id)
+
+
 class Shipper:
-    """The sensor's side of the fleet: ``submit(delta)`` from a flush returns at once; a thread spools the
-    join of the deltas of each ``interval`` and ships the spool, oldest first, retrying with backoff while
+    """The sensor's side of the fleet: ``submit(delta)`` from a flush and ``submit_alerts(alerts)`` after a
+    commit return at once; a thread spools the join of the deltas of each ``interval`` with the latest
+    state of each alert changed in it, and ships the spool, oldest first, retrying with backoff while
     ClickHouse is away."""
 
     def __init__(self, client: ClickHouse, site: str, sensor_id: str, spool: Spool, queue_limit: int = 64,
                  interval: float = 0.0) -> None:  # fmt: skip
         self.client, self.site, self.sensor_id, self.spool = client, site, sensor_id, spool
         self.queue: deque[ConnectionTable] = deque()
+        self.alert_queue: dict[int, dict] = {}  # alert id -> its latest state, not spooled yet
         self.queue_limit = queue_limit
         self.wake = threading.Condition()
         self.stopping = False
         self.shipped_deltas = 0
         self.shipped_rows = 0
+        self.shipped_alerts = 0
         self.failures = 0
         self.last_error: str | None = None
         self.last_shipped_ms: int | None = None
@@ -421,14 +507,28 @@ class Shipper:
             self.queue.append(delta)
             self.wake.notify()
 
-    def ship_alerts(self, rows: list[dict]) -> None:
-        """Alerts (contract section 4) into the fleet's ``alerts`` table: a place for them once sensors raise
-        them. Rows carry the ALERTS columns but site and sensor_id; ReplacingMergeTree keeps the last version."""
-        if not rows:
-            return
-        body = "\n".join(json.dumps({"site": self.site, "sensor_id": self.sensor_id, **row}) for row in rows)
-        self.client.query(f"INSERT INTO {self.client.database}.alerts FORMAT JSONEachRow", body.encode(),
-                          **self.insert_settings)  # fmt: skip
+    def submit_alerts(self, alerts: list[dict]) -> None:
+        """After a commit (the detector's ``on_change``): alerts opened or changed, as GET /api/v2/alerts
+        gives them. Never blocks; a state already spooled is skipped, a newer one replaces a queued one."""
+        with self.wake:
+            for alert in alerts:
+                queued = alert["id"] in self.alert_queue
+                if not queued and self.spool.spooled_versions.get(alert["id"]) == alert_version(alert):
+                    continue
+                if not queued and len(self.alert_queue) >= ALERT_QUEUE_LIMIT:
+                    self.spool.dropped_alerts += 1  # handed over again at the next start (never spooled)
+                    continue
+                self.alert_queue[alert["id"]] = alert
+            if self.alert_queue:
+                self.wake.notify()
+
+    def attach(self, store) -> Shipper:
+        """Ship ``store``'s alerts: every change from now on (the detector's change sinks), and now each alert
+        whose state never reached the spool (handled while no shipper ran, raised before [fleet] was set,
+        dropped by a full spool)."""
+        store.detector.on_change.append(self.submit_alerts)
+        self.submit_alerts(store.alerts(2))
+        return self
 
     def _run(self) -> None:
         while True:
@@ -436,24 +536,26 @@ class Shipper:
                 while not self.stopping and not self._due() and not self._spool_due():
                     self.wake.wait(self._wait_seconds())
                 stopping = self.stopping
-                taken = []
+                taken, alerts = [], []
                 if stopping or self._spool_due():
-                    taken = list(self.queue)
+                    taken, alerts = list(self.queue), list(self.alert_queue.values())
                     self.queue.clear()
+                    self.alert_queue = {}
                     self._next_spool = time.monotonic() + self.interval
-            if taken:
+            if taken or alerts:
                 # the deltas of one interval as one: their join (sums add), so an active pair is one row
                 # per interval however often the sensor flushes
-                delta = taken[0]
+                delta = taken[0] if taken else ConnectionTable()
                 if len(taken) > 1:
                     delta = ConnectionTable()
                     for part in taken:
                         delta.merge(part)
                 try:
-                    self.spool.add(delta, self.site, self.sensor_id)
+                    self.spool.add(delta, self.site, self.sensor_id, alerts)
                 except OSError as error:  # disk full: counted like an overflow, the DB has the data
                     self.spool.dropped_deltas += 1
                     self.spool.dropped_rows += len(delta.connections) + len(delta.devices)
+                    self.spool.dropped_alerts += len(alerts)
                     self.last_error = f"spool write failed: {error}"
             if stopping:
                 self._next_try = 0.0  # one last try, whatever the backoff
@@ -471,13 +573,13 @@ class Shipper:
         return bool(self.spool.size) and time.monotonic() >= self._next_try
 
     def _spool_due(self) -> bool:
-        return bool(self.queue) and time.monotonic() >= self._next_spool
+        return bool(self.queue or self.alert_queue) and time.monotonic() >= self._next_spool
 
     def _wait_seconds(self) -> float:
         now, waits = time.monotonic(), [1.0]
         if self.spool.size:
             waits.append(self._next_try - now)
-        if self.queue:
+        if self.queue or self.alert_queue:
             waits.append(self._next_spool - now)
         return max(0.05, min(waits))
 
@@ -502,16 +604,17 @@ class Shipper:
         return True
 
     def ship_file(self, path: Path) -> None:
-        connections, devices = self.spool.read(path)
+        connections, devices, alerts = self.spool.read(path)
         database = self.client.database
         rows = 0
-        for table, body in (("delta_connections", connections), ("delta_devices", devices)):
+        for table, body in (("delta_connections", connections), ("delta_devices", devices), ("alerts", alerts)):
             for chunk in _chunks(body, SEND_ROWS):
                 self.client.query(f"INSERT INTO {database}.{table} FORMAT JSONEachRow", chunk, **self.insert_settings)
                 rows += chunk.count(b"\n") + 1
         self.spool.remove(path)
         self.shipped_deltas += 1
         self.shipped_rows += rows
+        self.shipped_alerts += alerts.count(b"\n") + 1 if alerts else 0
         self.last_shipped_ms = time.time_ns() // 1_000_000
 
     def close(self, timeout: float = 10.0) -> bool:
@@ -533,8 +636,10 @@ class Shipper:
             "spoolLimitBytes": self.spool.limit,
             "droppedDeltas": self.spool.dropped_deltas,
             "droppedRows": self.spool.dropped_rows,
+            "droppedAlerts": self.spool.dropped_alerts,
             "shippedDeltas": self.shipped_deltas,
             "shippedRows": self.shipped_rows,
+            "shippedAlerts": self.shipped_alerts,
             "failures": self.failures,
             "lastError": self.last_error,
             "lastShippedMs": self.last_shipped_ms,

@@ -48,6 +48,10 @@ class StoreBusy(StoreError):
     pass
 
 
+class NotServed(StoreError):
+    """What this store does not offer (the fleet console's: handling an alert, its pcap, events)."""
+
+
 CHECKPOINT_BYTES = 16 << 20  # DuckDB's wal_autocheckpoint, set explicitly: the WAL stays near this size
 DEFAULT_MEMORY_MB = 512  # DuckDB's memory_limit (its own default is 80 % of the machine's memory)
 DEFAULT_THREADS = 2  # DuckDB's threads (its own default is one per core, taken from the capture workers)
@@ -83,6 +87,7 @@ class Store:
         self._local = threading.local()
         self._file_open = False  # inside ingesting(): merges join the file's transaction
         self._unpublished: list[int] = []  # alerts opened inside it, told to the sinks after its commit
+        self._unpublished_changes: list[int] = []  # open alerts counted on inside it (detector.updated)
         self.edits = 0  # bumped by writes outside merges (handling an alert): part of the API's data generation
         if not read_only:
             self._migrate()
@@ -160,8 +165,9 @@ class Store:
                 raise _failure(f"writing to {self.path} failed", error) from None
             if self._file_open:
                 self._unpublished.extend(opened)  # told once the file's transaction has committed
+                self._unpublished_changes.extend(self.detector.updated)
             else:
-                self.detector.publish(self.db, opened)
+                self.detector.publish(self.db, opened, self.detector.updated)
                 self.checkpoint_if_due()  # (inside a file's transaction: at its end, in ingesting())
 
     def learning_end_ns(self, first_ns: int | None = None) -> int | None:
@@ -186,11 +192,14 @@ class Store:
             self.edits += 1  # before and after: a reader mid-write never keeps a stale rendering
             try:
                 with self.transaction():
-                    return handle(self.db, alert_id, learn, time.time_ns() // 1_000_000)
+                    found = handle(self.db, alert_id, learn, time.time_ns() // 1_000_000)
             except duckdb.Error as error:
                 raise _failure(f"writing to {self.path} failed", error) from None
             finally:
                 self.edits += 1
+            if found:
+                self.detector.publish(self.db, [], [alert_id])  # the change sinks: handled on the fleet too
+            return found
 
     def _merge_devices(self, delta: ConnectionTable, changes: Changes) -> dict[bytes, int]:
         db = self.db
@@ -366,7 +375,8 @@ class Store:
             raise _failure(f"writing to {self.path} failed", error) from None
         finally:
             opened, self._unpublished = self._unpublished, []
-        self.detector.publish(self.db, opened)  # only alerts of a committed file reach a SIEM
+            changed, self._unpublished_changes = self._unpublished_changes, []
+        self.detector.publish(self.db, opened, changed)  # only alerts of a committed file reach a SIEM
         self.checkpoint_if_due()
 
     # -- reading: what the API calls (sensor.console.ClickHouseStore answers the same over the fleet) --
@@ -386,6 +396,16 @@ class Store:
 
     def device(self, device_id: int) -> dict | None:
         return serialize.device(self.cursor(), device_id)
+
+    def alerts(self, version: int = 1, where=None, ids: list[int] | None = None, scope=None) -> list[dict]:
+        """GET /api/v1/alerts and v2 (``scope``: the console's site and sensor filters; a sensor ignores it)."""
+        return serialize.alerts(self.cursor(), version, where or serialize.AlertFilter(), ids)
+
+    def alert_pcap(self, alert_id: int) -> bytes | None:
+        return serialize.alert_pcap(self.cursor(), alert_id)
+
+    def events(self, minutes: int | None = None, type: str | None = None) -> list[dict]:
+        return serialize.events(self.cursor(), minutes, type)
 
     def counts(self) -> tuple[int, int]:
         cursor = self.cursor()

@@ -257,7 +257,7 @@ def test_clickhouse_killed_mid_stream_loses_nothing_and_doubles_nothing(root, se
     assert shipper.stats()["spooledDeltas"] > 0
     # a delta shipped twice: its insert landed but the answer was lost (the file is shipped again)
     duplicate = sorted(shipper.spool.pending())[0]
-    connections, _devices = fleet.Spool.read(duplicate)
+    connections, _devices, _alerts = fleet.Spool.read(duplicate)
     server.start()
     client.query("INSERT INTO killed.delta_connections FORMAT JSONEachRow", connections)
     _wait(lambda: not shipper.spool.pending())
@@ -335,6 +335,7 @@ def test_two_shards_answer_as_one_server(root, server, sensors):
                     c["firstDeviceId"], c["secondDeviceId"]
                 )
             assert sharded.counts() == single.counts()
+            assert sharded.alerts(2) == single.alerts(2) != []  # each alert's states on its sensor's shard
     finally:
         for shard in shards:
             shard.stop()
@@ -351,14 +352,19 @@ def test_the_same_sql_on_chdb(root, server, sensors, tmp_path):
             engine = Engine()
             store = Store(":memory:")
             replay([str(REAL / c) for c in captures], store, progress=False, fleet=_Direct(spool, site, sensor))
+            spool.add(fleet.ConnectionTable(), site, sensor, store.alerts(2))  # as Shipper.attach hands them over
             store.close()
             del engine
             for path in spool.pending():
-                connections, devices = fleet.Spool.read(path)
-                for table, body in (("delta_connections", connections), ("delta_devices", devices)):
+                bodies = zip(("delta_connections", "delta_devices", "alerts"), fleet.Spool.read(path))
+                for table, body in bodies:
                     if body:  # a delta of devices alone (as Shipper.ship_file, which sends no empty insert)
                         chdb.query(f"INSERT INTO otsensor.{table} FORMAT JSONEachRow", body)
         assert console_views(chdb)[2:] == console_views(fleet.ClickHouse(server.url))[2:]
+        # alerts: the same latest states, fleet ids and device ids (sensor-3's S7 upload)
+        alerts = ClickHouseStore(chdb, Store(":memory:")).alerts(2)
+        assert any(a["title"] == "Program upload" for a in alerts)
+        assert alerts == ClickHouseStore(fleet.ClickHouse(server.url), Store(":memory:")).alerts(2)
     finally:
         chdb.close()
 
@@ -474,6 +480,14 @@ def test_otsensor_console_serves_the_fleet(server, sensors, tmp_path):
                 assert time.monotonic() < deadline and console.poll() is None, "the console did not start"
                 time.sleep(0.2)
         assert served == console_views(fleet.ClickHouse(server.url))[2]
+        # `otsensor alerts --db` the console's file: the fleet's alerts, through its admin socket; handling refused
+        listed = subprocess.run([*token_create[:3], "alerts", "--db", str(db)], capture_output=True, text=True)
+        assert listed.returncode == 0
+        fleet_alerts = ClickHouseStore(fleet.ClickHouse(server.url), Store(":memory:")).alerts(1)
+        assert json.loads(listed.stdout) == fleet_alerts != []
+        handle = [*token_create[:3], "alerts", "handle", str(fleet_alerts[0]["id"]), "--db", str(db)]
+        refused = subprocess.run(handle, capture_output=True, text=True)
+        assert refused.returncode == 2 and "on the sensor that raised them" in refused.stderr
     finally:
         console.terminate()
         console.wait(20)
@@ -527,3 +541,233 @@ def test_fleet_settings_from_the_file_and_flags(tmp_path):
         load(str(config), {"fleet": {"spool_mb": "lots"}})
     with pytest.raises(SystemExit):
         parser.parse_args(["--fleet", "colour=blue"])
+
+
+# -- alerts (contract section 4) over the fleet ------------------------------------------------------------
+ALERT_CAPTURES = [  # a PLC stopped (and its mode push), a program downloaded twice over
+    "iti/s7_step7_s300_stop.pcapng",
+    "iti/s7_step7_s300_download.pcapng",
+    "iti/s7_s7comm_downloading_block_db1.pcap",
+]
+SAME_ON_BOTH = ("time", "title", "message", "severity", "engine", "additionalInformation", "handled", "count",
+                "lastTime", "sourceDeviceAddress", "destinationDeviceAddress", "remediationSteps")  # fmt: skip
+
+
+def _alert_config(root: Path, url: str, site: str, sensor: str) -> Path:
+    path = _config(root, url, site, sensor)
+    path.write_text("learning_hours = 0\n" + path.read_text())  # policy alerts too: new devices, pairs
+    return path
+
+
+@pytest.fixture(scope="module")
+def alerting(root, server):
+    """A sensor that sees a PLC stopped and programs downloaded ships them with `otsensor replay --config`."""
+    url = server.url + "?database=alerting"
+    assert main(["fleet", "init", "--clickhouse", url]) == 0
+    db = root / "eng-1.duckdb"
+    config = _alert_config(root, url, "plant-a", "eng-1")
+    assert main(["replay", *(str(REAL / c) for c in ALERT_CAPTURES), "--db", str(db), "--config", str(config)]) == 0
+    assert not list(Path(f"{db}.fleet-spool").glob("*.delta.gz"))  # everything shipped
+    return db, config, fleet.ClickHouse(url)
+
+
+def _sensor_alerts(db: Path) -> list[dict]:
+    store = Store(db, read_only=True)
+    try:
+        return store.alerts(2)
+    finally:
+        store.close()
+
+
+def _console(client):
+    tokens = Store(":memory:")
+    token = create_token(tokens, "console")
+    return create_app(ClickHouseStore(client, tokens), {"rate_limit": 0}).test_client(), {"Authorization": token}
+
+
+def test_the_console_serves_the_sensors_alerts(alerting):
+    db, _config_file, client = alerting
+    mine = _sensor_alerts(db)
+    titles = {a["title"] for a in mine}
+    assert {"PLC Stop command", "PLC mode change", "Program download", "New device detected"} <= titles
+    http, auth = _console(client)
+    served = http.get("/api/v2/alerts", headers=auth).get_json()
+    devices = {d["id"]: d for d in http.get("/api/v1/devices", headers=auth).get_json()}
+    # the sensor's alerts, each once, with the sensor's fields, its id kept as sensorAlertId
+    assert sorted(a["sensorAlertId"] for a in served) == [a["id"] for a in mine]
+    by_id = {a["sensorAlertId"]: a for a in served}
+    for alert in mine:
+        theirs = by_id[alert["id"]]
+        assert {k: theirs[k] for k in SAME_ON_BOTH} == {k: alert[k] for k in SAME_ON_BOTH}
+        assert (theirs["site"], theirs["sensorId"]) == ("plant-a", "eng-1")
+        # the devices are the console's own (fleet ids), the ones with the sensor's addresses
+        assert devices[theirs["sourceDevice"]]["ipAddresses"] == [alert["sourceDeviceAddress"]]
+        if alert["destinationDeviceAddress"] is None:
+            assert theirs["destinationDevice"] is None
+        else:
+            assert devices[theirs["destinationDevice"]]["ipAddresses"] == [alert["destinationDeviceAddress"]]
+    ids = [a["id"] for a in served]
+    assert len(set(ids)) == len(ids) and all(0 <= i < 2**53 for i in ids)
+    assert [a["time"] for a in served] == sorted(a["time"] for a in served)
+    # v1: the same alerts without the v2 fields; the sensor's filters, and the console's site / sensorId
+    v1 = http.get("/api/v1/alerts", headers=auth).get_json()
+    assert [a["id"] for a in v1] == ids and not {"sourceDeviceAddress", "remediationSteps"} & set(v1[0])
+    stop = http.get("/api/v2/alerts?type=PLC Stop command", headers=auth).get_json()
+    assert [a["sensorAlertId"] for a in stop] == [a["id"] for a in mine if a["title"] == "PLC Stop command"] != []
+    middle = sorted(a["time"] for a in mine)[len(mine) // 2]
+    later = http.get(f"/api/v2/alerts?fromTime={middle}", headers=auth).get_json()
+    assert later and [a["sensorAlertId"] for a in later] == [a["sensorAlertId"] for a in served if a["time"] >= middle]
+    assert http.get("/api/v2/alerts?sensorId=eng-1&site=plant-a", headers=auth).get_json() == served
+    assert http.get("/api/v2/alerts?site=plant-b", headers=auth).get_json() == []
+    assert http.get("/api/v2/alerts?state=handled", headers=auth).get_json() == []
+    assert http.get("/api/v2/alerts?state=nope", headers=auth).status_code == 400
+    # what stays on the sensor: a clear error in the API's shape, never an empty list that looks true
+    for answer in (
+        http.put(f"/api/v1/alerts/{ids[0]}", json={"action": "handle"}, headers=auth),
+        http.get(f"/api/v2/alerts/pcap/{ids[0]}", headers=auth),
+        http.get("/api/v1/events", headers=auth),
+    ):
+        error = answer.get_json()
+        assert answer.status_code == 501 and error["status"] == 501 and error["identifier"] == "not_implemented"
+        assert "sensor" in error["message"]
+
+
+def test_alerts_that_overflow_the_spool_are_counted_and_handed_over_at_the_next_start(server, tmp_path):
+    """A full spool drops alert states (counted in /healthz and /metrics, never noted as spooled); the next
+    start hands them over again, and they arrive."""
+    from sensor.detect import Detector
+
+    store = Store(":memory:", detector=Detector(learning_hours=0))
+    replay([str(REAL / ALERT_CAPTURES[0])], store, progress=False)
+    mine = store.alerts(2)
+    down = fleet.ClickHouse(f"http://127.0.0.1:{fleet_servers.free_port()}/", timeout=1)
+    full = fleet.Shipper(down, "plant-o", "over-1", fleet.Spool(tmp_path / "spool", 200)).start().attach(store)
+    _wait(lambda: full.stats()["droppedAlerts"] == len(mine) and not full.alert_queue)
+    app = create_app(Store(":memory:"), {"stats": lambda: {"fleet": full.stats()}})
+    with app.test_client() as http:
+        assert http.get("/healthz").get_json()["fleet"]["droppedAlerts"] == len(mine)
+        assert f"otsensor_fleet_dropped_alerts_total {float(len(mine))}" in http.get("/metrics").get_data(as_text=True)
+    full.close(timeout=2)
+    client = fleet.ClickHouse(server.url + "?database=overflow")
+    fleet.init([client])
+    again = fleet.Shipper(client, "plant-o", "over-1", fleet.Spool(tmp_path / "spool", 1 << 30)).start()
+    again.attach(store)  # the next start: none of them was spooled, all are handed over
+    assert again.close() and again.stats()["shippedAlerts"] == len(mine)
+    served = ClickHouseStore(client, Store(":memory:")).alerts(2)
+    assert sorted(a["sensorAlertId"] for a in served) == [a["id"] for a in mine]
+    store.close()
+
+
+def test_handling_on_the_sensor_shows_on_the_console(alerting, tmp_path):
+    """Handled live (a shipper attached to the store), handled offline (`otsensor alerts handle` on the file,
+    shipped at the next start); replaying again or shipping a spool file twice doubles nothing."""
+    db, config, client = alerting
+    mine = _sensor_alerts(db)
+    live, offline = mine[0]["id"], mine[1]["id"]
+    store = Store(db)
+    spool = fleet.Spool(f"{db}.fleet-spool", 1 << 30)
+    shipper = fleet.Shipper(client, "plant-a", "eng-1", spool).start().attach(store)
+    try:
+        assert shipper.stats()["droppedAlerts"] == 0 and not shipper.alert_queue  # nothing new to hand over
+        assert store.handle_alert(live)
+        _wait(lambda: shipper.stats()["shippedAlerts"] == 1 and not spool.pending())
+    finally:
+        shipper.close()
+        store.close()
+    http, auth = _console(client)
+    handled = http.get("/api/v2/alerts?state=handled", headers=auth).get_json()
+    assert [a["sensorAlertId"] for a in handled] == [live] and handled[0]["handled"] is True
+    assert main(["alerts", "handle", str(offline), "--db", str(db)]) == 0  # no shipper runs now
+    # the next replay (its files already ingested, then again with --force) ships the offline change
+    paths = [str(REAL / c) for c in ALERT_CAPTURES]
+    for force in ([], ["--force"]):
+        assert main(["replay", *paths, "--db", str(db), "--config", str(config), *force]) == 0
+    assert not spool.pending()
+    mine = _sensor_alerts(db)
+    served = http.get("/api/v2/alerts", headers=auth).get_json()
+    assert len(served) == len(mine) and {a["sensorAlertId"] for a in served if a["handled"]} == {live, offline}
+    assert [(a["sensorAlertId"], a["count"]) for a in sorted(served, key=lambda a: a["sensorAlertId"])] == [
+        (a["id"], a["count"]) for a in mine
+    ]
+    # a spool file shipped twice (its INSERT landed, the answer was lost): still one alert each
+    again = fleet.Spool(tmp_path / "again", 1 << 30)
+    again.add(fleet.ConnectionTable(), "plant-a", "eng-1", mine)
+    (path,) = again.pending()
+    _connections, _devices, rows = fleet.Spool.read(path)
+    for _ in range(2):
+        client.query(f"INSERT INTO {client.database}.alerts FORMAT JSONEachRow", rows)
+    assert http.get("/api/v2/alerts", headers=auth).get_json() == served
+
+
+def test_alerts_wait_in_the_spool_while_clickhouse_is_down(server, tmp_path):
+    """ClickHouse unreachable: the alerts a replay raises wait in the spool (with its deltas), survive the
+    sensor's restart, and arrive, once, when ClickHouse is back."""
+    from sensor.detect import Detector
+
+    client = fleet.ClickHouse(server.url + "?database=waiting")
+    fleet.init([client])
+    down = fleet.ClickHouse(f"http://127.0.0.1:{fleet_servers.free_port()}/?database=waiting", timeout=1)
+    db = tmp_path / "late.duckdb"
+    store = Store(db, detector=Detector(learning_hours=0))
+    shipper = fleet.Shipper(down, "plant-w", "late-1", fleet.Spool(f"{db}.fleet-spool", 1 << 30)).start()
+    shipper.attach(store)
+    replay([str(REAL / ALERT_CAPTURES[0])], store, progress=False, fleet=shipper)
+    mine = store.alerts(2)
+    assert mine and not shipper.close(timeout=3)  # the spool keeps them
+    assert shipper.stats()["failures"] > 0 and shipper.stats()["shippedAlerts"] == 0
+    waiting = [fleet.Spool.read(path)[2] for path in shipper.spool.pending()]
+    assert sum(body.count(b"\n") + 1 for body in waiting if body) == len(mine)
+    # the sensor starts again, ClickHouse is back: the spool ships; the start hands over nothing twice
+    back = fleet.Shipper(client, "plant-w", "late-1", fleet.Spool(f"{db}.fleet-spool", 1 << 30)).start()
+    back.attach(store)
+    assert not back.alert_queue
+    _wait(lambda: not back.spool.pending())
+    assert back.close() and back.stats()["shippedAlerts"] == len(mine)
+    store.close()
+    console = ClickHouseStore(client, Store(":memory:"))
+    served = console.alerts(2)
+    assert [a["sensorAlertId"] for a in sorted(served, key=lambda a: a["sensorAlertId"])] == [a["id"] for a in mine]
+    assert "PLC Stop command" in {a["title"] for a in served} == {a["title"] for a in mine}
+    assert all(a["site"] == "plant-w" and a["sensorId"] == "late-1" for a in served)
+
+
+def test_the_daemon_ships_its_alerts_and_their_handling(server, tmp_path):
+    """`otsensor run` with [fleet]: the alerts its flushes open reach the console; one handled through the
+    daemon's API shows handled there after the next ship."""
+    from sensor.daemon import Daemon, table_to_wire
+    from sensor.detect import Detector
+    from sensor.settings import FleetSettings, Settings
+
+    client = fleet.ClickHouse(server.url + "?database=live_alerts")
+    fleet.init([client])
+    db = tmp_path / "live.duckdb"
+    store = Store(db, detector=Detector(learning_hours=0))
+    settings = Settings(interfaces=("span0",), workers=1, db=str(db), learning_hours=0,
+                        fleet=FleetSettings(clickhouse_url=client.base + "?database=live_alerts", site="plant-6",
+                                            sensor_id="live-2", ship_interval=0))  # fmt: skip
+    daemon = Daemon(settings, store)
+    try:
+        for delta in _deltas([ALERT_CAPTURES[0]], frames=50):
+            daemon.handle(("report", 0, table_to_wire(delta), {"packets": 1}))
+            assert daemon.flush() is True
+        mine = store.alerts(2)
+        assert "PLC Stop command" in {a["title"] for a in mine}
+        _wait(lambda: daemon.snapshot()["fleet"]["shippedAlerts"] >= len(mine) and not daemon.fleet.spool.pending())
+        http, auth = _console(client)
+        served = http.get("/api/v2/alerts", headers=auth).get_json()
+        assert sorted((a["sensorAlertId"], a["title"], a["time"]) for a in served) == [
+            (a["id"], a["title"], a["time"]) for a in mine
+        ]
+        token = create_token(store, "soc")
+        sensor_api = create_app(store, {"rate_limit": 0}).test_client()
+        stop = next(a for a in mine if a["title"] == "PLC Stop command")
+        answer = sensor_api.put(f"/api/v1/alerts/{stop['id']}", json={"action": "handle"},
+                                headers={"Authorization": token})  # fmt: skip
+        assert answer.status_code == 200 and answer.get_json()["handled"] is True
+        _wait(lambda: http.get("/api/v2/alerts?state=handled", headers=auth).get_json() != [])
+        handled = http.get("/api/v2/alerts?state=handled", headers=auth).get_json()
+        assert [(a["sensorAlertId"], a["handled"]) for a in handled] == [(stop["id"], True)]
+        assert len(http.get("/api/v2/alerts?state=unhandled", headers=auth).get_json()) == len(mine) - 1
+    finally:
+        daemon.fleet.close()
+        store.close()
