@@ -1,13 +1,14 @@
 """Ingest benchmark: otsensor replay against tshark, scapy (and dpkt, if installed).
 
-    python bench/ingest.py [--packets N] [--file F] [--keep] [--json]
+    python bench/ingest.py [--mix synthetic|real] [--packets N] [--file F] [--keep] [--json]
                            [--seed S] [--connections C] [--scapy-packets N]
-                           [--skip otsensor|tshark|scapy|dpkt|memory] [--timeout S]
+                           [--skip otsensor|tshark|scapy|dpkt|memory|perpacket] [--timeout S]
                            [--otsensor CMD] [--repeat N]
 
 Makes (or reuses: cached in $TMPDIR/otsensor-bench/, keyed by mix version, size,
-connections and seed) the synthetic OT mix of ``bench/mix.py`` and, in one run,
-measures on the same file:
+connections and seed) the synthetic OT mix of ``bench/mix.py`` -- or, with ``--mix real``, the
+real-traffic mix of ``bench/realmix.py`` (every capture of ../shared/pcaps/real, copied with new
+addresses until ``--packets``; cached likewise) -- and, in one run, measures on the same file:
 
 * otsensor  -- ``otsensor replay F --db TMP --json`` as a whole subprocess (the
   console script installed for the Python running the bench, else the one on PATH,
@@ -24,7 +25,9 @@ measures on the same file:
 * dpkt      -- the same over the whole file, only if dpkt is importable;
 * memory boundedness -- otsensor again on a mix twice as long with the *same*
   connections (every flow twice as long): both peak RSS figures are printed;
-  bounded memory means they stay close.
+  bounded memory means they stay close (synthetic mix only);
+* the per-packet path -- otsensor's engine once more, unmeasured, in a child process that counts the
+  frames the fast path leaves to the per-packet path (``Engine._scalar``).
 
 Peak RSS: ``ru_maxrss`` of the reaped child (the largest single process of its
 tree, from wait4) and the sampled sum of VmRSS over the child's process tree
@@ -186,6 +189,61 @@ def ensure_mix(packets: int, seed: int, connections: int) -> dict:
         "reused": False,
         "summary": s,
     }
+
+
+def ensure_realmix(packets: int) -> dict:
+    """The real-traffic mix of bench/realmix.py (built in a child process unless cached): its summary."""
+    log("real mix of at least %d packets ..." % packets)
+    p = subprocess.run(
+        [sys.executable, str(HERE / "realmix.py"), "--packets", str(packets)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if p.returncode != 0:
+        raise SystemExit("ingest: building the real mix failed:\n%s" % p.stderr[-3000:])
+    s = json.loads(p.stdout)
+    log("%s %s" % ("reusing" if s["reused"] else "built in %.1f s:" % s["seconds"], s["path"]))
+    return s
+
+
+PER_PACKET_SNIPPET = r"""
+import json, sys
+from sensor.engine import CHUNK, Engine
+from sensor.readers import CaptureReader
+engine = Engine()
+scalar = engine._scalar
+left = [0]
+def counting(batch, indices, headers=None):
+    left[0] += len(indices)
+    return scalar(batch, indices, headers)
+engine._scalar = counting
+for batch in CaptureReader(sys.argv[1], batch_size=CHUNK).batches():
+    engine.process_batch(batch)
+engine.take_delta()
+print(json.dumps({"packets": engine.packets, "perPacket": left[0]}))
+"""
+
+
+def per_packet_path(path: str, timeout) -> dict:
+    """How many frames otsensor's engine leaves to the per-packet path (a child process, unmeasured)."""
+    log("per-packet path: counting what the fast path leaves")
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", PER_PACKET_SNIPPET, path],
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": "timed out after %.0f s" % timeout}
+    except (ValueError, IndexError):
+        return {"ok": False, "error": "exit status %s: %s" % (p.returncode, p.stderr[-300:])}
+    r["ok"] = True
+    r["share"] = round(r["perPacket"] / r["packets"], 4) if r["packets"] else None
+    return r
 
 
 def count_packets(path: str) -> int | None:
@@ -629,6 +687,11 @@ def table(report: dict) -> str:
             else ", %s TCP connections, seed %s" % (fmt_int(mx["connections"]), mx["seed"]),
         ),
     ]
+    if mx.get("copies"):
+        lines.append(
+            "         real mix: %d copies of %s packets (%d files of %s), each with its own addresses"
+            % (mx["copies"], fmt_int(mx["packetsPerCopy"]), mx["files"], mx["source"])
+        )
     if mx.get("generatedSeconds") is not None:
         lines.append("         generated in %.1f s" % mx["generatedSeconds"])
     lines.append("")
@@ -714,6 +777,14 @@ def table(report: dict) -> str:
                     fmt_f(mem.get("ratio"), 2),
                 )
             )
+    pp = report.get("perPacketPath")
+    if pp and pp.get("ok"):
+        lines.append(
+            "per-packet path: %s of %s packets (%.1f %%) left to it by the fast path"
+            % (fmt_int(pp["perPacket"]), fmt_int(pp["packets"]), 100 * (pp["share"] or 0))
+        )
+    elif pp:
+        lines.append("per-packet path: %s" % (pp.get("skipped") or "FAILED: %s" % pp.get("error")))
     for w in report["warnings"]:
         lines.append("WARNING: " + w)
     for f in report["failures"]:
@@ -728,6 +799,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument(
+        "--mix",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="synthetic: bench/mix.py (default); real: bench/realmix.py, copies of ../shared/pcaps/real",
+    )
     ap.add_argument("--packets", type=int, default=1_000_000, help="mix size (default 1,000,000)")
     ap.add_argument("--file", help="benchmark this capture instead of the generated mix (no memory-boundedness check)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (otsensor DBs)")
@@ -739,7 +816,7 @@ def main(argv=None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("otsensor", "tshark", "scapy", "dpkt", "memory"),
+        choices=("otsensor", "tshark", "scapy", "dpkt", "memory", "perpacket"),
         help="leave a measurement out (repeatable)",
     )
     ap.add_argument("--timeout", type=float, default=3600, help="per tool, seconds (default 3600)")
@@ -784,6 +861,24 @@ def main(argv=None) -> int:
             "connections": None,
             "seed": None,
         }
+    elif a.mix == "real":
+        rm = ensure_realmix(a.packets)
+        report["mix"] = {
+            "path": rm["path"],
+            "packets": rm["packets"],
+            "bytes": rm["fileBytes"],
+            "generatedSeconds": None if rm["reused"] else rm["seconds"],
+            "reused": rm["reused"],
+            "connections": None,
+            "seed": None,
+            "kind": "real",
+            "mixVersion": rm["version"],
+            "copies": rm["copies"],
+            "packetsPerCopy": rm["packetsPerCopy"],
+            "files": rm["files"],
+            "source": rm["source"],
+            "wireBytes": rm["wireBytes"],
+        }
     else:
         _frames, per = mix.plan(a.packets, a.connections)
         conns = sum(per.values())
@@ -809,7 +904,7 @@ def main(argv=None) -> int:
                         workdir,
                         "1x-%d" % turn,
                         a.timeout,
-                        None if a.file else frame_bytes(path, packets),
+                        None if a.file else report["mix"].get("wireBytes") or frame_bytes(path, packets),
                     )
                 )
             if "tshark" not in a.skip:
@@ -828,7 +923,9 @@ def main(argv=None) -> int:
             res["scapy"] = bench_snippet(
                 "scapy", SCAPY_SNIPPET, path, min(a.scapy_packets, packets or a.scapy_packets), a.timeout
             )
-        if "dpkt" not in a.skip and importlib.util.find_spec("dpkt") is not None:
+        if a.mix == "real" and not a.file:
+            res["dpkt"] = {"skipped": "the real mix is pcapng"}
+        elif "dpkt" not in a.skip and importlib.util.find_spec("dpkt") is not None:
             res["dpkt"] = bench_snippet("dpkt", DPKT_SNIPPET, path, 0, a.timeout)
 
         # ratios, memory, failures
@@ -845,8 +942,13 @@ def main(argv=None) -> int:
 
         report["ratios"] = ratios("packetsPerSecond")
         report["ratiosCpu"] = ratios("packetsPerCpuSecond")
+        report["perPacketPath"] = (
+            {"skipped": "--skip perpacket"} if "perpacket" in a.skip else per_packet_path(path, a.timeout)
+        )
         if a.file:
             report["memory"] = {"skipped": "--file given"}
+        elif a.mix == "real":
+            report["memory"] = {"skipped": "the real mix has no twice-as-long twin"}
         elif mix2 is None:
             report["memory"] = {"skipped": "--skip"}
         else:
