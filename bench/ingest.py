@@ -487,6 +487,7 @@ def _rate(n, s):
 # --------------------------------------------------------------------------
 
 OTSENSOR_OVERRIDE: list[str] | None = None
+OTSENSOR_CONFIG: str | None = None  # --config FILE for otsensor replay
 
 
 def otsensor_cmd() -> tuple[list[str], str | None]:
@@ -509,7 +510,7 @@ def bench_otsensor(
 ) -> dict:
     base, cwd = otsensor_cmd()
     db = os.path.join(workdir, "otsensor-%s.duckdb" % tag)
-    cmd = base + ["replay", path, "--db", db, "--json"]
+    cmd = base + ["replay", path, "--db", db, "--json"] + (["--config", OTSENSOR_CONFIG] if OTSENSOR_CONFIG else [])
     log("otsensor: %s" % " ".join(shlex.quote(c) for c in cmd))
     # Python's default: compiled modules cached in __pycache__ (some sandboxes switch that off).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -689,9 +690,15 @@ def table(report: dict) -> str:
     ]
     if mx.get("copies"):
         lines.append(
-            "         real mix: %d copies of %s packets (%d files of %s), each with its own addresses"
+            "         real mix: %d copies of %s packets (%d files of %s), each with its own addresses;"
             % (mx["copies"], fmt_int(mx["packetsPerCopy"]), mx["files"], mx["source"])
         )
+        lines.append(
+            "         %.1f h of packet time (the copies after otsensor's learning_hours raise new-device alerts)"
+            % (mx["spanHours"])
+        )
+    if report.get("otsensorConfig"):
+        lines.append("otsensor replay --config %s" % report["otsensorConfig"])
     if mx.get("generatedSeconds") is not None:
         lines.append("         generated in %.1f s" % mx["generatedSeconds"])
     lines.append("")
@@ -827,11 +834,21 @@ def main(argv=None) -> int:
         help="runs of otsensor and tshark, interleaved; the median run of each is reported (default 3)",
     )
     ap.add_argument(
+        "--config",
+        metavar="FILE",
+        help="passed to otsensor replay as --config (e.g. a learning_hours that covers the whole mix)",
+    )
+    ap.add_argument(
         "--otsensor", metavar="CMD", help="command to run instead of otsensor (shell-split), e.g. 'python -m sensor'"
     )
     a = ap.parse_args(argv)
     global OTSENSOR_OVERRIDE
     OTSENSOR_OVERRIDE = shlex.split(a.otsensor) if a.otsensor else None
+    global OTSENSOR_CONFIG
+    OTSENSOR_CONFIG = os.path.abspath(a.config) if a.config else None
+    if a.config and not os.path.isfile(a.config):
+        print("ingest: no such file: %s" % a.config, file=sys.stderr)
+        return 2
     if a.packets < 1000:
         ap.error("--packets must be at least 1000")
     if a.file and not os.path.isfile(a.file):
@@ -845,6 +862,7 @@ def main(argv=None) -> int:
         "ratios": {},
         "warnings": [],
         "failures": [],
+        "otsensorConfig": OTSENSOR_CONFIG,
     }
 
     # the input(s)
@@ -878,6 +896,7 @@ def main(argv=None) -> int:
             "files": rm["files"],
             "source": rm["source"],
             "wireBytes": rm["wireBytes"],
+            "spanHours": round((rm["lastTimestampNs"] - rm["firstTimestampNs"]) / 3.6e12, 1),
         }
     else:
         _frames, per = mix.plan(a.packets, a.connections)
