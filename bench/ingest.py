@@ -3,7 +3,7 @@
     python bench/ingest.py [--mix synthetic|real] [--packets N] [--file F] [--keep] [--json]
                            [--seed S] [--connections C] [--scapy-packets N]
                            [--skip otsensor|tshark|scapy|dpkt|memory|perpacket] [--timeout S]
-                           [--otsensor CMD] [--repeat N]
+                           [--otsensor CMD] [--config FILE] [--repeat N]
 
 Makes (or reuses: cached in $TMPDIR/otsensor-bench/, keyed by mix version, size,
 connections and seed) the synthetic OT mix of ``bench/mix.py`` -- or, with ``--mix real``, the
@@ -191,8 +191,9 @@ def ensure_mix(packets: int, seed: int, connections: int) -> dict:
     }
 
 
-def ensure_realmix(packets: int) -> dict:
-    """The real-traffic mix of bench/realmix.py (built in a child process unless cached): its summary."""
+def ensure_realmix(packets: int) -> dict | None:
+    """The real-traffic mix of bench/realmix.py (built in a child process unless cached): its summary;
+    None, with realmix's one line on stderr, when there is nothing to build it from."""
     log("real mix of at least %d packets ..." % packets)
     p = subprocess.run(
         [sys.executable, str(HERE / "realmix.py"), "--packets", str(packets)],
@@ -200,6 +201,9 @@ def ensure_realmix(packets: int) -> dict:
         stderr=subprocess.PIPE,
         text=True,
     )
+    if p.returncode == 2:
+        print(p.stderr.strip().splitlines()[-1], file=sys.stderr)
+        return None
     if p.returncode != 0:
         raise SystemExit("ingest: building the real mix failed:\n%s" % p.stderr[-3000:])
     s = json.loads(p.stdout)
@@ -881,6 +885,8 @@ def main(argv=None) -> int:
         }
     elif a.mix == "real":
         rm = ensure_realmix(a.packets)
+        if rm is None:
+            return 2
         report["mix"] = {
             "path": rm["path"],
             "packets": rm["packets"],
