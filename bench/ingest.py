@@ -1,13 +1,14 @@
 """Ingest benchmark: otsensor replay against tshark, scapy (and dpkt, if installed).
 
-    python bench/ingest.py [--packets N] [--file F] [--keep] [--json]
+    python bench/ingest.py [--mix synthetic|real] [--packets N] [--file F] [--keep] [--json]
                            [--seed S] [--connections C] [--scapy-packets N]
-                           [--skip otsensor|tshark|scapy|dpkt|memory] [--timeout S]
-                           [--otsensor CMD] [--repeat N]
+                           [--skip otsensor|tshark|scapy|dpkt|memory|perpacket] [--timeout S]
+                           [--otsensor CMD] [--config FILE] [--repeat N]
 
 Makes (or reuses: cached in $TMPDIR/otsensor-bench/, keyed by mix version, size,
-connections and seed) the synthetic OT mix of ``bench/mix.py`` and, in one run,
-measures on the same file:
+connections and seed) the synthetic OT mix of ``bench/mix.py`` -- or, with ``--mix real``, the
+real-traffic mix of ``bench/realmix.py`` (every capture of ../shared/pcaps/real, copied with new
+addresses until ``--packets``; cached likewise) -- and, in one run, measures on the same file:
 
 * otsensor  -- ``otsensor replay F --db TMP --json`` as a whole subprocess (the
   console script installed for the Python running the bench, else the one on PATH,
@@ -24,7 +25,9 @@ measures on the same file:
 * dpkt      -- the same over the whole file, only if dpkt is importable;
 * memory boundedness -- otsensor again on a mix twice as long with the *same*
   connections (every flow twice as long): both peak RSS figures are printed;
-  bounded memory means they stay close.
+  bounded memory means they stay close (synthetic mix only);
+* the per-packet path -- otsensor's engine once more, unmeasured, in a child process that counts the
+  frames the fast path leaves to the per-packet path (``Engine._scalar``).
 
 Peak RSS: ``ru_maxrss`` of the reaped child (the largest single process of its
 tree, from wait4) and the sampled sum of VmRSS over the child's process tree
@@ -186,6 +189,65 @@ def ensure_mix(packets: int, seed: int, connections: int) -> dict:
         "reused": False,
         "summary": s,
     }
+
+
+def ensure_realmix(packets: int) -> dict | None:
+    """The real-traffic mix of bench/realmix.py (built in a child process unless cached): its summary;
+    None, with realmix's one line on stderr, when there is nothing to build it from."""
+    log("real mix of at least %d packets ..." % packets)
+    p = subprocess.run(
+        [sys.executable, str(HERE / "realmix.py"), "--packets", str(packets)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if p.returncode == 2:
+        print(p.stderr.strip().splitlines()[-1], file=sys.stderr)
+        return None
+    if p.returncode != 0:
+        raise SystemExit("ingest: building the real mix failed:\n%s" % p.stderr[-3000:])
+    s = json.loads(p.stdout)
+    log("%s %s" % ("reusing" if s["reused"] else "built in %.1f s:" % s["seconds"], s["path"]))
+    return s
+
+
+PER_PACKET_SNIPPET = r"""
+import json, sys
+from sensor.engine import CHUNK, Engine
+from sensor.readers import CaptureReader
+engine = Engine()
+scalar = engine._scalar
+left = [0]
+def counting(batch, indices, headers=None):
+    left[0] += len(indices)
+    return scalar(batch, indices, headers)
+engine._scalar = counting
+for batch in CaptureReader(sys.argv[1], batch_size=CHUNK).batches():
+    engine.process_batch(batch)
+engine.take_delta()
+print(json.dumps({"packets": engine.packets, "perPacket": left[0]}))
+"""
+
+
+def per_packet_path(path: str, timeout) -> dict:
+    """How many frames otsensor's engine leaves to the per-packet path (a child process, unmeasured)."""
+    log("per-packet path: counting what the fast path leaves")
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", PER_PACKET_SNIPPET, path],
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": "timed out after %.0f s" % timeout}
+    except (ValueError, IndexError):
+        return {"ok": False, "error": "exit status %s: %s" % (p.returncode, p.stderr[-300:])}
+    r["ok"] = True
+    r["share"] = round(r["perPacket"] / r["packets"], 4) if r["packets"] else None
+    return r
 
 
 def count_packets(path: str) -> int | None:
@@ -429,6 +491,7 @@ def _rate(n, s):
 # --------------------------------------------------------------------------
 
 OTSENSOR_OVERRIDE: list[str] | None = None
+OTSENSOR_CONFIG: str | None = None  # --config FILE for otsensor replay
 
 
 def otsensor_cmd() -> tuple[list[str], str | None]:
@@ -451,7 +514,7 @@ def bench_otsensor(
 ) -> dict:
     base, cwd = otsensor_cmd()
     db = os.path.join(workdir, "otsensor-%s.duckdb" % tag)
-    cmd = base + ["replay", path, "--db", db, "--json"]
+    cmd = base + ["replay", path, "--db", db, "--json"] + (["--config", OTSENSOR_CONFIG] if OTSENSOR_CONFIG else [])
     log("otsensor: %s" % " ".join(shlex.quote(c) for c in cmd))
     # Python's default: compiled modules cached in __pycache__ (some sandboxes switch that off).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -629,6 +692,17 @@ def table(report: dict) -> str:
             else ", %s TCP connections, seed %s" % (fmt_int(mx["connections"]), mx["seed"]),
         ),
     ]
+    if mx.get("copies"):
+        lines.append(
+            "         real mix: %d copies of %s packets (%d files of %s), each with its own addresses;"
+            % (mx["copies"], fmt_int(mx["packetsPerCopy"]), mx["files"], mx["source"])
+        )
+        lines.append(
+            "         %.1f h of packet time (the copies after otsensor's learning_hours raise new-device alerts)"
+            % (mx["spanHours"])
+        )
+    if report.get("otsensorConfig"):
+        lines.append("otsensor replay --config %s" % report["otsensorConfig"])
     if mx.get("generatedSeconds") is not None:
         lines.append("         generated in %.1f s" % mx["generatedSeconds"])
     lines.append("")
@@ -714,6 +788,14 @@ def table(report: dict) -> str:
                     fmt_f(mem.get("ratio"), 2),
                 )
             )
+    pp = report.get("perPacketPath")
+    if pp and pp.get("ok"):
+        lines.append(
+            "per-packet path: %s of %s packets (%.1f %%) left to it by the fast path"
+            % (fmt_int(pp["perPacket"]), fmt_int(pp["packets"]), 100 * (pp["share"] or 0))
+        )
+    elif pp:
+        lines.append("per-packet path: %s" % (pp.get("skipped") or "FAILED: %s" % pp.get("error")))
     for w in report["warnings"]:
         lines.append("WARNING: " + w)
     for f in report["failures"]:
@@ -728,6 +810,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument(
+        "--mix",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="synthetic: bench/mix.py (default); real: bench/realmix.py, copies of ../shared/pcaps/real",
+    )
     ap.add_argument("--packets", type=int, default=1_000_000, help="mix size (default 1,000,000)")
     ap.add_argument("--file", help="benchmark this capture instead of the generated mix (no memory-boundedness check)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (otsensor DBs)")
@@ -739,7 +827,7 @@ def main(argv=None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("otsensor", "tshark", "scapy", "dpkt", "memory"),
+        choices=("otsensor", "tshark", "scapy", "dpkt", "memory", "perpacket"),
         help="leave a measurement out (repeatable)",
     )
     ap.add_argument("--timeout", type=float, default=3600, help="per tool, seconds (default 3600)")
@@ -750,11 +838,21 @@ def main(argv=None) -> int:
         help="runs of otsensor and tshark, interleaved; the median run of each is reported (default 3)",
     )
     ap.add_argument(
+        "--config",
+        metavar="FILE",
+        help="passed to otsensor replay as --config (e.g. a learning_hours that covers the whole mix)",
+    )
+    ap.add_argument(
         "--otsensor", metavar="CMD", help="command to run instead of otsensor (shell-split), e.g. 'python -m sensor'"
     )
     a = ap.parse_args(argv)
     global OTSENSOR_OVERRIDE
     OTSENSOR_OVERRIDE = shlex.split(a.otsensor) if a.otsensor else None
+    global OTSENSOR_CONFIG
+    OTSENSOR_CONFIG = os.path.abspath(a.config) if a.config else None
+    if a.config and not os.path.isfile(a.config):
+        print("ingest: no such file: %s" % a.config, file=sys.stderr)
+        return 2
     if a.packets < 1000:
         ap.error("--packets must be at least 1000")
     if a.file and not os.path.isfile(a.file):
@@ -768,6 +866,7 @@ def main(argv=None) -> int:
         "ratios": {},
         "warnings": [],
         "failures": [],
+        "otsensorConfig": OTSENSOR_CONFIG,
     }
 
     # the input(s)
@@ -783,6 +882,27 @@ def main(argv=None) -> int:
             "reused": True,
             "connections": None,
             "seed": None,
+        }
+    elif a.mix == "real":
+        rm = ensure_realmix(a.packets)
+        if rm is None:
+            return 2
+        report["mix"] = {
+            "path": rm["path"],
+            "packets": rm["packets"],
+            "bytes": rm["fileBytes"],
+            "generatedSeconds": None if rm["reused"] else rm["seconds"],
+            "reused": rm["reused"],
+            "connections": None,
+            "seed": None,
+            "kind": "real",
+            "mixVersion": rm["version"],
+            "copies": rm["copies"],
+            "packetsPerCopy": rm["packetsPerCopy"],
+            "files": rm["files"],
+            "source": rm["source"],
+            "wireBytes": rm["wireBytes"],
+            "spanHours": round((rm["lastTimestampNs"] - rm["firstTimestampNs"]) / 3.6e12, 1),
         }
     else:
         _frames, per = mix.plan(a.packets, a.connections)
@@ -809,7 +929,7 @@ def main(argv=None) -> int:
                         workdir,
                         "1x-%d" % turn,
                         a.timeout,
-                        None if a.file else frame_bytes(path, packets),
+                        None if a.file else report["mix"].get("wireBytes") or frame_bytes(path, packets),
                     )
                 )
             if "tshark" not in a.skip:
@@ -828,7 +948,9 @@ def main(argv=None) -> int:
             res["scapy"] = bench_snippet(
                 "scapy", SCAPY_SNIPPET, path, min(a.scapy_packets, packets or a.scapy_packets), a.timeout
             )
-        if "dpkt" not in a.skip and importlib.util.find_spec("dpkt") is not None:
+        if a.mix == "real" and not a.file:
+            res["dpkt"] = {"skipped": "the real mix is pcapng"}
+        elif "dpkt" not in a.skip and importlib.util.find_spec("dpkt") is not None:
             res["dpkt"] = bench_snippet("dpkt", DPKT_SNIPPET, path, 0, a.timeout)
 
         # ratios, memory, failures
@@ -845,8 +967,13 @@ def main(argv=None) -> int:
 
         report["ratios"] = ratios("packetsPerSecond")
         report["ratiosCpu"] = ratios("packetsPerCpuSecond")
+        report["perPacketPath"] = (
+            {"skipped": "--skip perpacket"} if "perpacket" in a.skip else per_packet_path(path, a.timeout)
+        )
         if a.file:
             report["memory"] = {"skipped": "--file given"}
+        elif a.mix == "real":
+            report["memory"] = {"skipped": "the real mix has no twice-as-long twin"}
         elif mix2 is None:
             report["memory"] = {"skipped": "--skip"}
         else:
