@@ -163,6 +163,7 @@ class Detector:
             tuple(row) for row in db.execute("SELECT title, source_device, destination_device FROM learned").fetchall()
         }
         opened: list[int] = []
+        policy: list[Alert | None] = []  # opened together: thousands after learning, one insert
         events = Events()
         address = _addresses(db, changes.ip_of)
         text = changes.ip_of
@@ -172,7 +173,7 @@ class Detector:
                 times.append(first)
                 contents.append(f"New device {text[device]}")
                 if first >= end:
-                    opened += self._policy(db, first, "New device detected", device, None, address, "device")
+                    policy.append(self._policy(first, "New device detected", device, None, address, "device"))
         if changes.new_pairs:
             times, contents = events.of("DEVICE_CONNECTION_CREATED", "Connection created", "INFO")
             for first_id, second_id, discovered in changes.new_pairs:
@@ -180,14 +181,15 @@ class Detector:
                 times.append(discovered)
                 contents.append(f"New connection {pair}")
                 if discovered >= end:
-                    opened += self._policy(
-                        db, discovered, "New connection detected", first_id, second_id, address, pair
+                    policy.append(
+                        self._policy(discovered, "New connection detected", first_id, second_id, address, pair)
                     )
         for first_id, second_id, protocol, command, time in changes.new_commands:
             what = f"{protocol} {command} {address(first_id)} -> {address(second_id)}"
             events.append((time, "PROTOCOL_COMMAND_CREATED", "Protocol command created", "INFO", f"New command {what}"))
             if time >= end:
-                opened += self._policy(db, time, "New protocol command detected", first_id, second_id, address, what)
+                policy.append(self._policy(time, "New protocol command detected", first_id, second_id, address, what))
+        opened += _open_many(db, [alert for alert in policy if alert is not None])
         for device, name, old, new, time in changes.identity:
             opened += self._firmware(db, events, device, name, old, new, time, address)
         opened += self._operations(db, events, delta, ids, address)
@@ -196,16 +198,15 @@ class Detector:
             events.write(db)
         return opened
 
-    def _policy(self, db, time, title, source, destination, address, what) -> list[int]:
+    def _policy(self, time, title, source, destination, address, what) -> Alert | None:
         if (title, source, destination) in self._learned:
-            return []
+            return None
         severity = "Warning" if title == "New protocol command detected" else "Minor"
         message = f"{title.split(' detected')[0]}: {what}"
         information = [f"source: {address(source)}"] + ([f"destination: {address(destination)}"] if destination else [])
         description = "Seen for the first time after the learning period ended."
-        alert = Alert(time, title, message, severity, "Policy Violation", source, destination, description, information,
-                      f"{title}|{source}|{destination}|{what}")  # fmt: skip
-        return [_open(db, alert)]
+        return Alert(time, title, message, severity, "Policy Violation", source, destination, description, information,
+                     f"{title}|{source}|{destination}|{what}")  # fmt: skip
 
     def _firmware(self, db, events, device, name, old, new, time, address) -> list[int]:
         key = f"firmware|{device}|{name}|{old}|{new}"
@@ -375,6 +376,25 @@ def _open(db, alert: Alert) -> int:
          alert.dedup_key, alert.pcap],
     )  # fmt: skip
     return alert_id
+
+
+def _open_many(db, alerts: list[Alert]) -> list[int]:
+    """Alerts opened in one insert, ids in their order (one insert of a row costs ~1.2 ms: the 5,754
+    policy alerts of a replay past learning took 6.9 s one by one)."""
+    if len(alerts) < 2:
+        return [_open(db, alert) for alert in alerts]
+    ids = sorted(row[0] for row in db.execute("SELECT nextval('alert_ids') FROM range(?)", [len(alerts)]).fetchall())
+    db.execute(
+        "INSERT INTO alerts SELECT unnest($1::BIGINT[]), unnest($2::BIGINT[]), unnest($2::BIGINT[]), "
+        "unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), unnest($5::VARCHAR[]), unnest($6::VARCHAR[]), "
+        "unnest($7::BIGINT[]), unnest($8::BIGINT[]), unnest($9::VARCHAR[]), unnest($10::VARCHAR[][]), "
+        "unnest($11::VARCHAR[][]), false, 1, unnest($12::VARCHAR[]), unnest($13::BLOB[])",
+        [ids, [a.time for a in alerts], [a.title for a in alerts], [a.message for a in alerts],
+         [a.severity for a in alerts], [a.engine for a in alerts], [a.source for a in alerts],
+         [a.destination for a in alerts], [a.description for a in alerts], [a.information for a in alerts],
+         [REMEDIATION.get(a.title, []) for a in alerts], [a.dedup_key for a in alerts], [a.pcap for a in alerts]],
+    )  # fmt: skip
+    return ids
 
 
 def _next_event_id(db) -> int:

@@ -523,3 +523,36 @@ def test_handling_an_alert_is_seen_at_once_by_an_api_that_renders_once_per_gener
         assert client.get("/api/v1/devices", headers={**headers, "If-None-Match": etag}).status_code == 200
     finally:
         store.close()
+
+
+def test_alerts_opened_together_are_stored_as_one_by_one(tmp_path):
+    """Policy alerts after learning are opened in one insert: each row equals what opening it alone gives."""
+    from sensor.detect import Alert, _open, _open_many
+
+    alerts = [
+        Alert(
+            1_000 + n,
+            "New connection detected",
+            f"New connection: {n}",
+            "Minor",
+            "Policy Violation",
+            n,
+            None if n % 2 else n + 1,
+            "Seen for the first time.",
+            [f"source: {n}"] + ["x"] * (n % 3),
+            f"key|{n}",
+            b"\x00\x01" if n == 3 else None,
+        )  # fmt: skip
+        for n in range(5)
+    ]
+    rows = []
+    for name, opener in (
+        ("one", lambda db: [_open(db, a) for a in alerts]),
+        ("many", lambda db: _open_many(db, alerts)),
+    ):
+        store = Store(tmp_path / f"{name}.duckdb")
+        with store.transaction():
+            ids = opener(store.db)
+        rows.append((ids, store.db.execute("SELECT * FROM alerts ORDER BY id").fetchall()))
+        store.close()
+    assert rows[0] == rows[1] and rows[0][0] == [1, 2, 3, 4, 5]
