@@ -34,6 +34,32 @@ def tshark() -> str:
     return path
 
 
+NOBODY = 65534
+# What lets a user other than root read and search every folder (to import the code and its venv, which a
+# clone in a root-only folder such as `mktemp -d`'s would deny) and nothing more: writing, and so
+# connecting to a Unix socket, stays as that user's own permissions say.
+READ_ANYWHERE = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+
+
+def run_as(uid: int, gid: int, groups: str | None = None, read_anywhere: bool = True) -> list[str]:
+    """The setpriv prefix that runs a command as ``uid``:``gid`` with only ``groups`` (root's tests)."""
+    extra = f"--groups={groups}" if groups else "--clear-groups"
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", extra, *(READ_ANYWHERE if read_anywhere else [])]
+
+
+def nobody_cannot_run_the_code() -> str | None:
+    """Why `nobody`, with its own permissions only, cannot run this checkout's Python (None if it can)."""
+    import subprocess
+    import sys
+
+    probe = subprocess.run([*run_as(NOBODY, NOBODY, read_anywhere=False), sys.executable, "-c", "import sensor"],
+                           capture_output=True, text=True, cwd="/", timeout=60)  # fmt: skip
+    if probe.returncode == 0:
+        return None
+    return (f"the user nobody cannot run this checkout ({ROOT}) or its Python ({sys.executable}): a folder above "
+            f"one of them is root's alone (as `mktemp -d` makes them; CI's is 0755): {probe.stderr.strip().splitlines()[-1:]}")  # fmt: skip
+
+
 def _under_real(value) -> bool:
     if isinstance(value, Path):
         return value == REAL or REAL in value.parents

@@ -30,10 +30,11 @@ import pytest
 from sensor.admin import MAX_REQUEST_BYTES, AdminError, AdminServer, Holder, default_socket
 from sensor.store import Store
 
+from .conftest import NOBODY, run_as
 from .test_capture import GHOST_IP, PEER_IP, SEND_UDP, Plant
 
 ROOT = Path(__file__).resolve().parent.parent
-NOBODY = 65534
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, veth, packet sockets, setuid)")
 
 # Run inside the namespace: argv = destination ip, port. A datagram every 0.5 ms until stdin is closed;
@@ -59,9 +60,7 @@ def otsensor(
     """`otsensor ARGS`; ``as_user`` (uid, gid) runs it as that user, with ``groups`` as its only supplementary ones."""
     command = [sys.executable, "-m", "sensor", *args]
     if as_user is not None:
-        uid, gid = as_user
-        extra = f"--groups={groups}" if groups else "--clear-groups"
-        command = ["setpriv", f"--reuid={uid}", f"--regid={gid}", extra, *command]
+        command = [*run_as(*as_user, groups=groups), *command]  # reads the code wherever it is, writes as uid
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
@@ -439,7 +438,7 @@ import socket
 c = socket.socket(socket.AF_UNIX); c.connect({served.path!r}); c.sendall(b'{{"command": "devices"}}\\n')
 print(c.makefile().readline())
 """
-    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    as_nobody = run_as(NOBODY, NOBODY)
     result = subprocess.run([*as_nobody, sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     answer = json.loads(result.stdout or "{}")
     assert answer.get("ok") is False and f"uid {NOBODY} may not use" in answer["error"], result.stderr

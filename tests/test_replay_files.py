@@ -29,7 +29,7 @@ from sensor.readers import CaptureReader
 from sensor.replay import replay
 from sensor.store import Store
 
-from .conftest import PCAPS, REAL, REAL_ABSENT, ROOT
+from .conftest import PCAPS, REAL, REAL_ABSENT, ROOT, nobody_cannot_run_the_code
 
 GOOD = ("http.pcap", "modbus.pcap", "plant.pcap.gz", "s7comm.pcap")  # read in this order (equal first stamps)
 
@@ -318,6 +318,9 @@ def shared_dir():
     """A folder the user nobody can enter (pytest's tmp_path is root's alone), removed afterwards."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run otsensor as another user (CI is root)")
+    cannot = nobody_cannot_run_the_code()  # these tests need nobody's own read permissions, nothing more
+    if cannot:
+        pytest.skip(cannot)
     path = Path(tempfile.mkdtemp(prefix="otsensor-perm-"))
     path.chmod(0o755)
     try:
