@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--config",
         metavar="FILE",
-        help="settings file: learning_hours, alert_dedup_minutes; with [fleet], ship to ClickHouse too",
+        help="settings file: learning_hours, alert_dedup_minutes, max_flows, reassembly_mb; "
+        "with [fleet], ship to ClickHouse too",
     )
 
     connections = commands.add_parser("connections", help="print the connections JSON the API serves")
@@ -155,6 +156,8 @@ def cmd_replay(args) -> int:
     existing_paths(args.paths)
     try:
         settings = load(args.config) if args.config else None
+        if settings is not None:
+            settings.check_memory()
     except SettingsError as error:
         raise UsageError(str(error)) from None
     shipper = _fleet_shipper(settings, args.db)
@@ -163,7 +166,12 @@ def cmd_replay(args) -> int:
         shipper.attach(store)  # the alerts the replay opens or changes, and those that never left before
     try:
         summary = replay(
-            args.paths, store, progress=not args.json or sys.stderr.isatty(), force=args.force, fleet=shipper
+            args.paths,
+            store,
+            progress=not args.json or sys.stderr.isatty(),
+            force=args.force,
+            fleet=shipper,
+            limits=settings,
         )
     except BaseException:
         try:

@@ -250,7 +250,7 @@ def worker_main(index: int, settings: Settings, groups: list[int], reports, stop
     logging.basicConfig(level=logging.INFO, format=f"otsensor worker {index}: %(message)s", stream=sys.stderr)
     reports = _Reports(reports)
     stop = threading.Event()
-    engine, engine_lock = Engine(), threading.Lock()
+    engine, engine_lock = Engine(max_flows=settings.max_flows, reassembly_mb=settings.reassembly_mb), threading.Lock()
     readers = [InterfaceReader(name, group, settings, engine, engine_lock, stop)
                for name, group in zip(settings.interfaces, groups)]  # fmt: skip
     threading.Thread(target=_listen_to_main, args=(index, stop_pipe, stop, readers, reports), name="main-listener",

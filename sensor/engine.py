@@ -13,7 +13,7 @@ import numpy as np
 from .batch import EARLY_ROUNDS, MIN_BATCH, FastPath, address_bytes
 from .connections import ConnectionTable
 from .decode import IPPROTO_TCP, LINKTYPE_ETHERNET, DecodeError, Decoder, Packet
-from .flows import FlowTable
+from .flows import BUFFER_BUDGET, MAX_FLOWS, FlowTable
 from .protocols.registry import ANALYZERS
 from .readers import FrameBatch
 
@@ -35,11 +35,12 @@ def _read_tcp(headers, indices) -> list:
 
 
 class Engine:
-    def __init__(self, vectorised: bool = True) -> None:
+    def __init__(self, vectorised: bool = True, max_flows: int = MAX_FLOWS, reassembly_mb: int = BUFFER_BUDGET >> 20):
         self.table = ConnectionTable()
         self.errors: dict[str, int] = {}  # decode errors per layer / protocol
         self.decoder = Decoder()
         self.flows = FlowTable(self.table, self.errors)
+        self.flows.max_flows, self.flows.budget = max_flows, reassembly_mb << 20
         self.fast = FastPath(self.flows, ANALYZERS) if vectorised else None
         self.packets = 0
         self.bytes = 0

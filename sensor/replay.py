@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .engine import CHUNK, Engine
+from .flows import BUFFER_BUDGET, MAX_FLOWS
 from .readers import CaptureError, CaptureReader, is_capture
 from .store import Store, StoreError
 
@@ -66,13 +67,20 @@ def _no_cycle_collection():
             gc.enable()
 
 
-def replay(paths: list[str], store: Store, progress: bool = True, force: bool = False, fleet=None) -> dict:
+def replay(paths: list[str], store: Store, progress: bool = True, force: bool = False, fleet=None, limits=None) -> dict:
     """Ingest every capture under paths; returns the summary.  ``force``: read files ingested before too.
     ``fleet`` (a sensor.fleet.Shipper) gets the deltas of each file once the file is committed.
+    ``limits``: settings with ``max_flows`` and ``reassembly_mb`` (sensor.settings.Settings),
+    the packet path's memory bounds; None: their defaults.
 
     Raises StoreError when the DB cannot be written (the files committed before stay)."""
     with _no_cycle_collection():
-        return _replay(paths, store, progress, force, fleet)
+        return _replay(paths, store, progress, force, fleet, limits or _Limits())
+
+
+class _Limits(NamedTuple):
+    max_flows: int = MAX_FLOWS
+    reassembly_mb: int = BUFFER_BUDGET >> 20
 
 
 class _Counters(NamedTuple):
@@ -98,7 +106,7 @@ class _Counters(NamedTuple):
 NOTHING = _Counters(0, 0, 0, {})
 
 
-def _replay(paths: list[str], store: Store, progress: bool, force: bool, fleet) -> dict:
+def _replay(paths: list[str], store: Store, progress: bool, force: bool, fleet, limits) -> dict:
     shipping: list = []  # the deltas of the file being read: shipped once it is committed, dropped if it fails
 
     def merge(delta) -> None:
@@ -110,7 +118,11 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool, fleet) 
     files, problems, refused = capture_files(paths)
     files, refused_captures = _in_time_order(files)
     refused += refused_captures
-    engine, totals = Engine(), NOTHING  # totals: what the stored files added (not the failed or skipped)
+
+    def new_engine() -> Engine:
+        return Engine(max_flows=limits.max_flows, reassembly_mb=limits.reassembly_mb)
+
+    engine, totals = new_engine(), NOTHING  # totals: what the stored files added (not the failed or skipped)
     skipped: list[str] = []
     failed: list[str] = []
     done_before = 0
@@ -150,7 +162,7 @@ def _replay(paths: list[str], store: Store, progress: bool, force: bool, fleet) 
                 shipping.clear()
                 failed.append(str(path))
                 problems.append(f"{path}: failed, nothing of it stored: {type(error).__name__}: {error}")
-                engine = Engine()  # its flows and counters hold part of the failed file
+                engine = new_engine()  # its flows and counters hold part of the failed file
             else:
                 for delta in shipping:
                     fleet.submit(delta)

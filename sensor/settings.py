@@ -101,6 +101,9 @@ class Settings:
 
     db_memory_mb: int = 512  # DuckDB's memory_limit in MiB (DuckDB's own default: 80 % of the machine)
     db_threads: int = 2  # DuckDB's threads (its own default: one per core, which the workers need)
+    # The packet path's memory, whatever the traffic or the file (see README "Bad input"):
+    max_flows: int = 100_000  # flows kept at once per worker (~1.2 KB each); past it the oldest quarter goes
+    reassembly_mb: int = 64  # MiB all flows of a worker may hold in partial PDUs and out-of-order segments
 
     @property
     def admin_socket_path(self) -> str:
@@ -128,6 +131,14 @@ class Settings:
             raise SettingsError(f"db_memory_mb must be within 64..1048576, not {self.db_memory_mb}")
         if not 1 <= self.db_threads <= 256:
             raise SettingsError(f"db_threads must be within 1..256, not {self.db_threads}")
+        self.check_memory()
+
+    def check_memory(self) -> None:
+        """The packet path's bounds (also read by `replay --config`)."""
+        if not 1_000 <= self.max_flows <= 100_000_000:
+            raise SettingsError(f"max_flows must be within 1000..100000000, not {self.max_flows}")
+        if not 1 <= self.reassembly_mb <= 1 << 16:
+            raise SettingsError(f"reassembly_mb must be within 1..65536, not {self.reassembly_mb}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("tls_cert and tls_key go together: give both for HTTPS, neither for HTTP")
 
@@ -154,6 +165,8 @@ _TYPES = {
     "fleet": (dict,),
     "db_memory_mb": (int,),
     "db_threads": (int,),
+    "max_flows": (int,),
+    "reassembly_mb": (int,),
 }
 _TYPE_NAMES = {list: "a list of interface names", str: "a string", int: "an integer", float: "a number",
                bool: "true or false", dict: "a table"}  # fmt: skip
@@ -390,6 +403,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the DB's path + .sock)")  # fmt: skip
     add("--db-memory-mb", type=_count, metavar="MIB", help=f"DuckDB's memory limit (default {default.db_memory_mb})")
     add("--db-threads", type=_count, metavar="N", help=f"DuckDB's threads (default {default.db_threads})")
+    add("--max-flows", type=_count, metavar="N", help=f"flows kept at once per worker (default {default.max_flows})")
+    add("--reassembly-mb", type=_count, metavar="MIB",
+        help=f"what a worker's flows may hold in partial PDUs (default {default.reassembly_mb})")  # fmt: skip
 
 
 # What SIGHUP can change in a running daemon; every other setting needs a restart.

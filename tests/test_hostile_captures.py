@@ -224,11 +224,10 @@ def _tcp_record(src: bytes, dst: bytes, sport: int, dport: int, seq: int, head: 
     return struct.pack("<IIII", 1_700_000_000, 0, len(frame) + tail, len(frame) + tail) + frame
 
 
-def test_many_flows_holding_partial_pdus_stay_within_the_bound(tmp_path):
-    """Each flow's buffer is bounded, their number is not: 2,500 flows each holding most of a 250 KB AMS
-    packet (600 MB in a ~2 MB file) took replay to ~0.9 GB. The budget for all flows holds it, counts what
-    it gave up under "reassembly", and a Modbus exchange after them is still read."""
-    flows, segments, zeros = 2_500, 4, 60_000
+def _held_pdus(path: Path, flows: int) -> Path:
+    """``flows`` flows each holding most of a 250 KB AMS packet (four 60 KB segments: one gzip member of
+    zeros shared by all), then a Modbus exchange between other hosts."""
+    segments, zeros = 4, 60_000
     ams = struct.pack("<HI", 0, 250_000) + bytes(6) + struct.pack("<H", 851) + bytes(6)
     ams += struct.pack("<HHHIII", 32905, 3, 4, 250_000 - 32, 0, 1)  # ADS Write, 250 KB: most of it held
     shared = _gzip_member(bytes(zeros))
@@ -244,17 +243,47 @@ def test_many_flows_holding_partial_pdus_stay_within_the_bound(tmp_path):
     plc, hmi = b"\x0a\x09\x09\x09", b"\x0a\x09\x09\x01"
     parts += [_gzip_member(_tcp_record(hmi, plc, 40000, 502, 1, request, 0)),
               _gzip_member(_tcp_record(plc, hmi, 502, 40000, 1, answer, 0))]  # fmt: skip
-    path = tmp_path / "held.pcap.gz"
     path.write_bytes(b"".join(parts))
+    return path
+
+
+def _modbus_pair(db: Path) -> list[dict]:
+    listed = subprocess.run([sys.executable, "-m", "sensor.cli", "connections", "--db", str(db)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    return [row for row in json.loads(listed.stdout) if row["ports"] == [502]]
+
+
+def test_many_flows_holding_partial_pdus_stay_within_the_bound(tmp_path):
+    """Each flow's buffer is bounded, their number is not: 2,500 flows each holding most of a 250 KB AMS
+    packet (600 MB in a ~2 MB file) took replay to ~0.9 GB. The budget for all flows holds it, and a
+    Modbus exchange after them is still read."""
+    path = _held_pdus(tmp_path / "held.pcap.gz", 2_500)
     assert path.stat().st_size < 4 * 2**20
     db = tmp_path / "db.duckdb"
     done, peak = _peak_rss_mb("replay", "--db", db, "--json", path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert peak < RSS_BOUND_MB, f"peak RSS {peak:.0f} MB"
-    listed = subprocess.run([sys.executable, "-m", "sensor.cli", "connections", "--db", str(db)],
-                            capture_output=True, text=True, check=True)  # fmt: skip
-    modbus = [row for row in json.loads(listed.stdout) if row["ports"] == [502]]
+    modbus = _modbus_pair(db)
     assert len(modbus) == 1 and "Read Holding Registers" in json.dumps(modbus[0])
+
+
+def test_the_packet_paths_bounds_are_settings(tmp_path):
+    """`replay --config`: max_flows and reassembly_mb bound what the flows hold (what they gave up is
+    counted); a value out of range is one line and exit 2."""
+    path = _held_pdus(tmp_path / "held.pcap.gz", 1_200)
+    config = tmp_path / "small.toml"
+    config.write_text("max_flows = 1000\nreassembly_mb = 8\n")
+    db = tmp_path / "db.duckdb"
+    done = subprocess.run([sys.executable, "-m", "sensor.cli", "replay", str(path), "--db", str(db), "--json",
+                           "--config", str(config)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    errors = json.loads(done.stdout)["decodeErrors"]
+    assert errors["flows"] >= 200 and errors["reassembly"] >= 1_000, errors  # 8 MiB: ~33 of 1,200 held
+    assert "Read Holding Registers" in json.dumps(_modbus_pair(db))
+    config.write_text("max_flows = 5\n")
+    bad = subprocess.run([sys.executable, "-m", "sensor.cli", "replay", str(path), "--db", str(db),
+                          "--config", str(config)], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "max_flows" in bad.stderr, bad.stderr
 
 
 # --- the bad-input campaign, small: mutated captures of every format through replay processes ------------
