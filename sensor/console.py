@@ -10,7 +10,10 @@ any JSON client. Two sensors of one site seeing one address see one device; one 
 two devices. A connection is (site, initiator, responder) merged over the site's sensors. An alert is
 (site, sensor, the sensor's alert id), its id the low 53 bits of cityHash64 of those three; its devices
 are given by their fleet ids, found from the addresses the sensor named. Handling an alert, its pcap and
-events stay on the sensor that raised them (NotServed: the API answers 501).
+events stay on the sensor that raised them (NotServed: the API answers 501). A device's classes merge over
+its site's sensors: engineeringStation, scanner and authorized if any sensor says so, addresses the union;
+unknown, a sensor's defaults for a device with nothing known (false, {}) — null only on a fleet whose
+schema predates them (version 1: `fleet init` adds them).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import serialize
-from .fleet import COMMAND_SEPARATOR, ID_MASK, IDENTITY, ClickHouse, FleetError, device_id_sql, init
+from .fleet import COMMAND_SEPARATOR, FLAGS, ID_MASK, IDENTITY, ClickHouse, FleetError, device_id_sql, init
 from .oui import vendor as oui_vendor
 from .serialize import AlertFilter, ConnectionFilter, rfc3339
 from .store import NotServed, Store, StoreError
@@ -44,6 +47,16 @@ def _scope(where: ConnectionFilter) -> list[str]:
     return clauses
 
 
+def _addresses_json(values: list[str]) -> str:
+    """The "protocol\x1faddress" strings as a sensor stores a device's addresses: JSON, protocols and their
+    addresses sorted (sensor.detect.addresses_json)."""
+    by_protocol: dict[str, list[str]] = {}
+    for value in sorted(values):
+        protocol, _, address = value.partition(COMMAND_SEPARATOR)
+        by_protocol.setdefault(protocol, []).append(address)
+    return json.dumps(dict(sorted(by_protocol.items())))
+
+
 class ClickHouseStore:
     """sensor.store.Store's read interface over the fleet tables; ``cursor()`` is the token DB's."""
 
@@ -51,6 +64,16 @@ class ClickHouseStore:
         self.client, self.tokens = client, tokens
         self.path = tokens.path  # /healthz reads the token DB's age; the fleet's own is in ClickHouse
         self.db = client.database
+        self._classes = False  # whether the fleet has device_classes (schema 2); once it has, always
+
+    def has_classes(self) -> bool:
+        """Whether the fleet's schema has the device classes (asked until it has: `fleet init` may add them)."""
+        if not self._classes:
+            found = self.client.rows(
+                f"SELECT count() FROM system.tables WHERE database = {quote(self.db)} AND name = 'device_classes'"
+            )
+            self._classes = bool(found and int(found[0][0]))
+        return self._classes
 
     def cursor(self):
         return self.tokens.cursor()
@@ -168,12 +191,23 @@ class ClickHouseStore:
 
     # -- devices ----------------------------------------------------------------------------------
     def _devices(self, clauses: list[str]) -> list[dict]:
-        identity = ", ".join(f"maxMerge({name})" for name in IDENTITY)
-        sql = f"""SELECT device_id, any(site), any(ip), groupUniqArray(sensor_id), groupUniqArrayArrayMerge(macs),
-            groupUniqArrayArrayMerge(roles), {identity}, minMerge(first_seen), maxMerge(last_seen)
-            FROM {self.db}.devices_state {"WHERE " + " AND ".join(clauses) if clauses else ""}
-            GROUP BY device_id ORDER BY device_id"""
+        identity = ", ".join(f"maxMerge({name}) AS {name}" for name in IDENTITY)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"""SELECT device_id, any(site) AS s, any(ip) AS i, groupUniqArray(sensor_id) AS sensors,
+            groupUniqArrayArrayMerge(macs) AS m, groupUniqArrayArrayMerge(roles) AS r, {identity},
+            minMerge(first_seen) AS f, maxMerge(last_seen) AS l
+            FROM {self.db}.devices_state {where} GROUP BY device_id"""
         try:
+            if self.has_classes():
+                # the classes of the same devices (the same scope), merged over sensors: max of each flag,
+                # the union of the addresses; a device without a row gets the column defaults (0, [])
+                flags = ", ".join(f"maxMerge({flag}) AS {flag}" for flag in FLAGS)
+                columns = ", ".join(("device_id, s, i, sensors, m, r", *IDENTITY, "f, l", *FLAGS, "addresses"))
+                sql = f"""SELECT {columns} FROM ({sql}) ANY LEFT JOIN (SELECT device_id, {flags},
+                    groupUniqArrayArrayMerge(addresses) AS addresses
+                    FROM {self.db}.device_classes {where} GROUP BY device_id) USING device_id ORDER BY device_id"""
+            else:
+                sql += " ORDER BY device_id"
             rows = self.client.rows(sql)
         except FleetError as error:
             raise StoreError(str(error)) from None
@@ -183,10 +217,13 @@ class ClickHouseStore:
             vendor, name, model, firmware, serial, user_agent, server = (v or None for v in row[6:13])
             macs = sorted(macs)
             mac_vendor = next(filter(None, map(oui_vendor, macs)), None)
+            if len(row) > 15:
+                classes = (*(bool(flag) for flag in row[15:18]), _addresses_json(row[18]))
+            else:  # a fleet of schema version 1: the sensors' detection is not there, unknown rather than false
+                classes = (None, None, None, "null")
             device = serialize._device((int(device_id), ip, macs, sorted(roles), vendor, mac_vendor, name, model,
                                         firmware, serial, user_agent, server, int(row[13]), int(row[14]),
-                                        # a sensor's detection is not shipped (yet): unknown here, not false
-                                        None, None, None, "null"))  # fmt: skip
+                                        *classes))  # fmt: skip
             sensors = sorted(sensors)
             device.update(site=site, sensorId=sensors[0], sensorIds=sensors)
             found.append(device)

@@ -92,7 +92,8 @@ class Changes:
     """What a merge found new in the DB, gathered by the store while it merges (ids, epoch ms).  (A plain
     class, as Alert: a dataclass costs its module ~1 ms more to import, paid by every command.)"""
 
-    __slots__ = ("learning_end", "ip_of", "new_devices", "identity", "new_pairs", "new_commands", "new_targets")
+    __slots__ = ("learning_end", "ip_of", "new_devices", "identity", "new_pairs", "new_commands", "new_targets",
+                 "flagged")  # fmt: skip
 
     def __init__(self, learning_end: int = 1 << 62) -> None:
         self.learning_end = learning_end  # epoch ms
@@ -103,6 +104,8 @@ class Changes:
         self.new_commands: list[tuple[int, int, str, str, int]] = []  # (f, s, protocol, command, t)
         # (first id, second id, new ports, first, last, packets of the pair in the delta)
         self.new_targets: list[tuple[int, int, int, int, int, int]] = []
+        # devices whose engineering_station, scanner or authorized may have turned on (told after the commit)
+        self.flagged: list[int] = []
 
 
 class Alert:
@@ -122,7 +125,10 @@ class Detector:
     plus sourceDeviceAddress / destinationDeviceAddress) after its transaction committed — e.g. a
     syslog forwarder's ``send``; a sink that raises is logged and skipped.  ``on_change``: callables
     given, after each commit, the list of alerts (GET /api/v2/alerts's JSON) opened or changed by it —
-    a count or lastTime grown by a repeat, handled — e.g. the fleet shipper's ``submit_alerts``."""
+    a count or lastTime grown by a repeat, handled — e.g. the fleet shipper's ``submit_alerts``.
+    ``on_classes``: callables given, after each commit, ``{ip: (engineering_station, scanner, authorized)}``
+    of the devices whose flags may have turned on in it (they only ever turn on) — e.g. the fleet shipper's
+    ``submit_classes``."""
 
     def __init__(
         self, learning_hours: float = 24.0, dedup_minutes: float = 10.0, on_alert: list[Callable] | None = None
@@ -131,6 +137,7 @@ class Detector:
         self.dedup_ms = int(dedup_minutes * MINUTE_MS)
         self.on_alert: list[Callable[[dict], None]] = list(on_alert or [])
         self.on_change: list[Callable[[list[dict]], None]] = []
+        self.on_classes: list[Callable[[dict[str, tuple[bool, bool, bool]]], None]] = []
         self.updated: list[int] = []  # the last detect()'s open alerts that a repeat counted on
         self._scans: dict[int, list[tuple[int, int]]] = {}  # source id -> recent (time, new targets)
 
@@ -192,7 +199,7 @@ class Detector:
         opened += _open_many(db, [alert for alert in policy if alert is not None])
         for device, name, old, new, time in changes.identity:
             opened += self._firmware(db, events, device, name, old, new, time, address)
-        opened += self._operations(db, events, delta, ids, address)
+        opened += self._operations(db, events, delta, ids, address, changes.flagged)
         opened += self._scan(db, changes, address)
         if events:
             events.write(db)
@@ -223,7 +230,7 @@ class Detector:
         db.execute("INSERT INTO alert_occurrences VALUES (?, ?)", [key, opened[0] if opened else 0])
         return opened
 
-    def _operations(self, db, events, delta, ids, address) -> list[int]:
+    def _operations(self, db, events, delta, ids, address, flagged: list[int]) -> list[int]:
         """Each occurrence once (keyed by time, pair, command, detail); a repeat within the dedup window
         of packet time counts on the open alert of the same title and pair."""
         opened: list[int] = []
@@ -282,6 +289,7 @@ class Detector:
                     events.append((time, event_type, title, "ALERT", f"{what}, {pair}"))
             db.execute("INSERT INTO alert_occurrences VALUES (?, ?)", [key, alert_id])
         if engineering:
+            flagged.extend(engineering)
             db.execute(
                 "UPDATE devices SET engineering_station = true WHERE id IN (SELECT unnest($1))", [sorted(engineering)]
             )
@@ -303,6 +311,7 @@ class Detector:
             if targets < SCAN_TARGETS:
                 continue
             db.execute("UPDATE devices SET scanner = true WHERE id = ?", [source])
+            changes.flagged.append(source)
             if ("Network scan detected", source, None) in self._learned:
                 continue
             dedup_key = f"Network scan detected|{source}|None"
@@ -325,9 +334,19 @@ class Detector:
 
     # -- after the commit ------------------------------------------------------------------------
 
-    def publish(self, db, alert_ids: list[int], changed: list[int] | tuple = ()) -> None:
+    def publish(
+        self, db, alert_ids: list[int], changed: list[int] | tuple = (), flagged: list[int] | tuple = ()
+    ) -> None:
         """Hand each new alert to the sinks (forwarders), in id order; the new and the ``changed`` ones
-        (counted on, handled) to the change sinks (the fleet shipper), as one list."""
+        (counted on, handled) to the change sinks (the fleet shipper), as one list; the ``flagged`` devices'
+        flags to the class sinks."""
+        if flagged and self.on_classes:
+            classes = device_flags(db, sorted(set(flagged)))
+            for sink in self.on_classes:
+                try:
+                    sink(classes)
+                except Exception:  # noqa: BLE001 — a sink's failure must not stop the merge
+                    log.exception("a device class sink failed")
         new = alert_ids if self.on_alert else []
         changed = sorted(set(alert_ids) | set(changed)) if self.on_change else []
         if not new and not changed:
@@ -351,6 +370,17 @@ class Detector:
                     sink(alert)
                 except Exception:  # noqa: BLE001 — a sink's failure must not stop the merge
                     log.exception("an alert sink failed")
+
+
+def device_flags(db, ids: list[int] | None = None) -> dict[str, tuple[bool, bool, bool]]:
+    """``{ip: (engineering_station, scanner, authorized)}`` of the devices ``ids``, or (None) of every
+    device with a flag set."""
+    where = "id IN (SELECT unnest($1))" if ids is not None else "engineering_station OR scanner OR authorized"
+    rows = db.execute(
+        f"SELECT ip, engineering_station, scanner, authorized FROM devices WHERE {where}",
+        [ids] if ids is not None else None,
+    ).fetchall()
+    return {ip: (bool(e), bool(s), bool(a)) for ip, e, s, a in rows}
 
 
 def _addresses(db, text: dict[int, str]) -> Callable[[int | None], str]:

@@ -18,6 +18,16 @@ Alerts travel in the same spool files, in the same order: every alert the store 
 the detector's ``on_change``) and lands, whole, in ``alerts`` (ReplacingMergeTree(version)), whose
 ``version`` is the alert's own state (``alert_version``): it only grows, so the newest state wins
 whatever order or how often rows arrive.
+
+Device classes (contract section 3: engineeringStation, scanner, authorized, and per-protocol addresses)
+travel the same way, schema version 2. A device's addresses come with the delta's devices; its three flags
+are decided in the sensor's DB at the merge and only ever turn on (sensor.detect), so the devices whose
+flags may have changed are handed over after the commit (``Shipper.submit_classes``, a sink of the
+detector's ``on_classes``; at ``attach``, every flagged device whose flags never reached the spool). Both
+land as rows of ``delta_device_classes`` in the same spool file, and a view folds them into
+``device_classes``: ``maxState`` of each flag and ``groupUniqArrayArrayState`` of "protocol\x1faddress" —
+idempotent, so a file shipped twice changes nothing; the console ORs the flags and joins the addresses
+over a site's sensors.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from .connections import ConnectionTable, ip_text
 
 log = logging.getLogger("otsensor.fleet")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: device classes (delta_device_classes, device_classes)
 DEFAULT_DATABASE = "otsensor"
 ID_BITS = 53  # fleet-wide device ids: every JSON client reads integers up to 2**53 exactly
 ID_MASK = (1 << ID_BITS) - 1
@@ -89,6 +99,19 @@ DEVICES_STATE = (
     + """,
     first_seen AggregateFunction(min, Int64), last_seen AggregateFunction(max, Int64))"""
 )
+# Device classes (schema version 2): flags as 0/1 (a row says what is on; max over rows and sensors), addresses
+# as "protocol\x1faddress" (their union). A row per device in a delta with addresses or flags turned on.
+FLAGS = ("engineering_station", "scanner", "authorized")
+DELTA_CLASSES = (
+    "(site String, sensor_id String, ip String, "
+    + ", ".join(f"{flag} UInt8" for flag in FLAGS)
+    + ", addresses Array(String))"
+)
+DEVICE_CLASSES = (
+    "(site String, ip String, sensor_id String, device_id UInt64, "
+    + ", ".join(f"{flag} AggregateFunction(max, UInt8)" for flag in FLAGS)
+    + ", addresses AggregateFunction(groupUniqArrayArray, Array(String)))"
+)
 # Alerts (contract section 4): one row per state of (site, sensor, alert id); the greatest version wins
 # (alert_version). body: the alert as the sensor's GET /api/v2/alerts serves it.
 ALERTS = """(
@@ -110,6 +133,12 @@ DEVICES_VIEW = (
     groupUniqArrayArrayState(macs) AS macs, groupUniqArrayArrayState(roles) AS roles, """
     + ", ".join(f"maxState({name}) AS {name}" for name in IDENTITY)
     + """, minState(first_seen) AS first_seen, maxState(last_seen) AS last_seen
+    FROM {source} GROUP BY site, ip, sensor_id"""
+)
+CLASSES_VIEW = (
+    f"""SELECT site, ip, sensor_id, {device_id_sql("site", "ip")} AS device_id, """
+    + ", ".join(f"maxState({flag}) AS {flag}" for flag in FLAGS)
+    + """, groupUniqArrayArrayState(addresses) AS addresses
     FROM {source} GROUP BY site, ip, sensor_id"""
 )
 
@@ -142,12 +171,17 @@ TABLES = {
         "ReplacingMergeTree() ORDER BY (device_id, site, first_id, second_id, sensor_id) " + FINE,
     ),
     "alerts": (ALERTS, "ReplacingMergeTree(version) ORDER BY (site, sensor_id, alert_id)"),
+    # schema version 2: new tables rather than new columns, so `fleet init` completes a version-1 fleet
+    # with CREATE ... IF NOT EXISTS alone
+    "delta_device_classes": (DELTA_CLASSES, "Null"),
+    "device_classes": (DEVICE_CLASSES, "AggregatingMergeTree() ORDER BY (site, device_id, sensor_id, ip)"),
 }
 VIEWS = {  # view -> (target, source, select)
     "connections_state_mv": ("connections_state", "delta_connections", CONNECTIONS_VIEW),
     "connection_counts_mv": ("connection_counts", "delta_connections", COUNTS_VIEW),
     "devices_state_mv": ("devices_state", "delta_devices", DEVICES_VIEW),
     "device_pairs_mv": ("device_pairs", "delta_connections", DEVICE_PAIRS_VIEW),
+    "device_classes_mv": ("device_classes", "delta_device_classes", CLASSES_VIEW),
 }
 
 
@@ -239,13 +273,14 @@ class ClickHouse:
 
 
 def init(clients: list[ClickHouse], cluster: str | None = None) -> list[str]:
-    """`otsensor fleet init`: every table and view on every server given (each shard of ``cluster``)."""
+    """`otsensor fleet init`: every table and view on every server given (each shard of ``cluster``); on an
+    older fleet, what its version lacks (every step so far only adds tables and views), then its version."""
     done = []
     for client in clients:
         for statement in schema_statements(client.database, cluster):
             client.query(statement)
         version_rows = client.rows(f"SELECT max(version) FROM {client.database}.fleet_schema")
-        if not version_rows or not version_rows[0][0]:
+        if not version_rows or not version_rows[0][0] or int(version_rows[0][0]) < SCHEMA_VERSION:
             client.query(f"INSERT INTO {client.database}.fleet_schema VALUES ({SCHEMA_VERSION})")
         done.append(client.base)
     return done
@@ -302,6 +337,33 @@ def delta_rows(delta: ConnectionTable, site: str, sensor_id: str, delta_id: int)
     return connections, "\n".join(lines).encode()
 
 
+def class_rows(delta: ConnectionTable, classes: dict[str, tuple], site: str, sensor_id: str) -> bytes:
+    """``delta_device_classes`` rows: the delta's devices that have protocol addresses, and the devices of
+    ``classes`` (``{ip: (engineering_station, scanner, authorized)}``) with their flags."""
+    rows: dict[str, dict] = {}
+    for address, device in delta.devices.items():
+        if device.addresses:
+            values = [f"{name}{COMMAND_SEPARATOR}{value}" for name in sorted(device.addresses)
+                      for value in sorted(device.addresses[name])]  # fmt: skip
+            rows[ip_text(address)] = {"addresses": values}
+    for ip, flags in classes.items():
+        rows.setdefault(ip, {}).update(zip(FLAGS, map(int, flags)))
+    lines = [
+        json.dumps(
+            {"site": site, "sensor_id": sensor_id, "ip": ip, **dict.fromkeys(FLAGS, 0), "addresses": [], **row},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )  # fmt: skip
+        for ip, row in rows.items()
+    ]
+    return "\n".join(lines).encode()
+
+
+def class_bits(flags: tuple) -> int:
+    """(engineering_station, scanner, authorized) as bits 1, 2, 4 (what the spool notes as spooled)."""
+    return sum(1 << i for i, flag in enumerate(flags) if flag)
+
+
 IDENTITY_KEYS = {"vendor": "vendor", "name": "name", "type": "model", "firmware": "firmware",
                  "serial": "serial", "userAgent": "user_agent", "server": "server"}  # fmt: skip
 
@@ -348,7 +410,8 @@ class Spool:
     ``limit_bytes`` bounds the folder: a delta that would pass it is dropped and counted (the sensor's own
     DB still has it). The sequence file keeps the last delta id, so ids never repeat across restarts.
     ``alerts-spooled`` keeps each alert's last spooled version (a line per spooling), so a start hands
-    over only the alerts whose state never reached the spool.
+    over only the alerts whose state never reached the spool. ``classes-spooled`` does the same for the
+    devices' flags (ip and the bits spooled; flags only turn on, so the bits only grow).
     """
 
     def __init__(self, folder: str | Path, limit_bytes: int) -> None:
@@ -368,28 +431,35 @@ class Spool:
         self.dropped_deltas = 0
         self.dropped_rows = 0
         self.dropped_alerts = 0
+        self.dropped_classes = 0
         for stale in self.folder.glob("*.tmp"):  # a crash mid-write: never renamed, never counted
             stale.unlink(missing_ok=True)
         self.versions_file = self.folder / "alerts-spooled"
-        self.spooled_versions: dict[int, int] = self._read_versions()
+        self.spooled_versions: dict[int, int] = self._read_versions(self.versions_file, int)
+        self.classes_file = self.folder / "classes-spooled"
+        self.spooled_classes: dict[str, int] = self._read_versions(self.classes_file, str)
 
     def pending(self) -> list[Path]:
         return sorted(self.folder.glob("*.delta.gz"))
 
-    def add(self, delta: ConnectionTable, site: str, sensor_id: str, alerts: list[dict] = ()) -> int | None:
-        """Write ``delta`` and ``alerts`` (their JSON) as the next delta id; None (and counted) if the spool
-        is full."""
+    def add(self, delta: ConnectionTable, site: str, sensor_id: str, alerts: list[dict] = (),
+            classes: dict[str, tuple] | None = None) -> int | None:  # fmt: skip
+        """Write ``delta``, ``alerts`` (their JSON) and the devices' ``classes`` (``{ip: flags}``) as the next
+        delta id; None (and counted) if the spool is full."""
+        classes = classes or {}
         with self.lock:
             delta_id = self.sequence + 1
             connections, devices = delta_rows(delta, site, sensor_id, delta_id)
             alert_body = alert_rows(alerts, site, sensor_id)
+            class_body = class_rows(delta, classes, site, sensor_id)
             # one file: the lengths of the bodies, then each (gzip: JSON rows shrink ~10x)
-            header = f"{len(connections)} {len(devices)} {len(alert_body)}\n".encode()
-            data = gzip.compress(header + connections + devices + alert_body, compresslevel=1)
+            header = f"{len(connections)} {len(devices)} {len(alert_body)} {len(class_body)}\n".encode()
+            data = gzip.compress(header + connections + devices + alert_body + class_body, compresslevel=1)
             if self.size + len(data) > self.limit:
                 self.dropped_deltas += 1
                 self.dropped_rows += len(delta.connections) + len(delta.devices)
                 self.dropped_alerts += len(alerts)  # never noted as spooled: a restart hands them over again
+                self.dropped_classes += len(classes)  # the same
                 return None
             self.sequence = delta_id
             final = self.folder / f"{delta_id:016d}.delta.gz"
@@ -402,35 +472,42 @@ class Spool:
             self._save_sequence()
             self.size += len(data)
             if alerts:
-                self._note_versions(alerts)
+                self._note(self.versions_file, self.spooled_versions,
+                           {alert["id"]: alert_version(alert) for alert in alerts})  # fmt: skip
+            if classes:
+                spooled = self.spooled_classes
+                self._note(self.classes_file, spooled,
+                           {ip: spooled.get(ip, 0) | class_bits(flags) for ip, flags in classes.items()})  # fmt: skip
             return delta_id
 
-    def _read_versions(self) -> dict[int, int]:
-        versions: dict[int, int] = {}
+    @staticmethod
+    def _read_versions(path: Path, key) -> dict:
+        """``key value`` lines, the last per key (an alert id and its version; an IP and its flag bits)."""
+        versions: dict = {}
         lines = 0
         try:
-            with open(self.versions_file) as source:
+            with open(path) as source:
                 for line in source:
                     parts = line.split()
-                    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():  # a torn last line: skipped
-                        versions[int(parts[0])] = int(parts[1])
+                    if len(parts) == 2 and parts[1].isdigit() and (key is str or parts[0].isdigit()):
+                        versions[key(parts[0])] = int(parts[1])  # (a torn last line: skipped)
                         lines += 1
         except FileNotFoundError:
             return versions
-        if lines > 2 * len(versions) + 1000:  # mostly superseded lines: written again, one per alert
-            temporary = self.versions_file.with_suffix(".tmp")
-            temporary.write_text("".join(f"{key} {value}\n" for key, value in versions.items()))
-            os.replace(temporary, self.versions_file)
+        if lines > 2 * len(versions) + 1000:  # mostly superseded lines: written again, one per key
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text("".join(f"{k} {value}\n" for k, value in versions.items()))
+            os.replace(temporary, path)
         return versions
 
-    def _note_versions(self, alerts: list[dict]) -> None:
+    @staticmethod
+    def _note(path: Path, spooled: dict, versions: dict) -> None:
         try:
-            with open(self.versions_file, "a") as out:
-                out.write("".join(f"{alert['id']} {alert_version(alert)}\n" for alert in alerts))
+            with open(path, "a") as out:
+                out.write("".join(f"{key} {value}\n" for key, value in versions.items()))
         except OSError:  # only costs a resend at the next start
             pass
-        for alert in alerts:
-            self.spooled_versions[alert["id"]] = alert_version(alert)
+        spooled.update(versions)
 
     def _save_sequence(self) -> None:
         temporary = self.sequence_file.with_suffix(".tmp")
@@ -438,12 +515,17 @@ class Spool:
         os.replace(temporary, self.sequence_file)
 
     @staticmethod
-    def read(path: Path) -> tuple[bytes, bytes, bytes]:
-        """(connections, devices, alerts) rows; a file spooled before alerts were shipped has no alerts."""
+    def read(path: Path) -> tuple[bytes, bytes, bytes, bytes]:
+        """(connections, devices, alerts, device classes) rows; a file spooled before alerts (or classes)
+        were shipped has none."""
         data = gzip.decompress(path.read_bytes())
         header, _, rest = data.partition(b"\n")
-        first, second, third = ([int(n) for n in header.split()] + [0])[:3]
-        return rest[:first], rest[first : first + second], rest[first + second : first + second + third]
+        lengths = ([int(n) for n in header.split()] + [0, 0])[:4]
+        bodies, start = [], 0
+        for length in lengths:
+            bodies.append(rest[start : start + length])
+            start += length
+        return tuple(bodies)
 
     def remove(self, path: Path) -> None:
         with self.lock:
@@ -462,25 +544,28 @@ def _chunks(body: bytes, rows: int):
 
 
 ALERT_QUEUE_LIMIT = 100_000  # alerts waiting in memory for the spool's writer (one entry per alert id)
+CLASS_QUEUE_LIMIT = 1_000_000  # devices' flags waiting in memory for it (one entry per address, ~200 bytes)
 
 
 class Shipper:
-    """The sensor's side of the fleet: ``submit(delta)`` from a flush and ``submit_alerts(alerts)`` after a
-    commit return at once; a thread spools the join of the deltas of each ``interval`` with the latest
-    state of each alert changed in it, and ships the spool, oldest first, retrying with backoff while
-    ClickHouse is away."""
+    """The sensor's side of the fleet: ``submit(delta)`` from a flush, ``submit_alerts(alerts)`` and
+    ``submit_classes(flags)`` after a commit return at once; a thread spools the join of the deltas of each
+    ``interval`` with the latest state of each alert and each device's flags changed in it, and ships the
+    spool, oldest first, retrying with backoff while ClickHouse is away."""
 
     def __init__(self, client: ClickHouse, site: str, sensor_id: str, spool: Spool, queue_limit: int = 64,
                  interval: float = 0.0) -> None:  # fmt: skip
         self.client, self.site, self.sensor_id, self.spool = client, site, sensor_id, spool
         self.queue: deque[ConnectionTable] = deque()
         self.alert_queue: dict[int, dict] = {}  # alert id -> its latest state, not spooled yet
+        self.class_queue: dict[str, tuple] = {}  # ip -> its flags, not spooled yet
         self.queue_limit = queue_limit
         self.wake = threading.Condition()
         self.stopping = False
         self.shipped_deltas = 0
         self.shipped_rows = 0
         self.shipped_alerts = 0
+        self.shipped_classes = 0
         self.failures = 0
         self.last_error: str | None = None
         self.last_shipped_ms: int | None = None
@@ -522,12 +607,33 @@ class Shipper:
             if self.alert_queue:
                 self.wake.notify()
 
+    def submit_classes(self, classes: dict[str, tuple]) -> None:
+        """After a commit (the detector's ``on_classes``): ``{ip: (engineering_station, scanner, authorized)}``
+        of devices whose flags may have turned on. Never blocks; flags already spooled are skipped."""
+        with self.wake:
+            spooled = self.spool.spooled_classes
+            for ip, flags in classes.items():
+                bits = class_bits(flags)
+                queued = self.class_queue.get(ip)
+                if queued is None and spooled.get(ip, 0) | bits == spooled.get(ip, 0):
+                    continue  # nothing the spool has not had (flags only turn on)
+                if queued is None and len(self.class_queue) >= CLASS_QUEUE_LIMIT:
+                    self.spool.dropped_classes += 1  # handed over again at the next start (never spooled)
+                    continue
+                self.class_queue[ip] = tuple(map(bool, flags)) if queued is None else tuple(
+                    a or b for a, b in zip(queued, flags))  # fmt: skip
+            if self.class_queue:
+                self.wake.notify()
+
     def attach(self, store) -> Shipper:
-        """Ship ``store``'s alerts: every change from now on (the detector's change sinks), and now each alert
-        whose state never reached the spool (handled while no shipper ran, raised before [fleet] was set,
-        dropped by a full spool)."""
+        """Ship ``store``'s alerts and devices' flags: every change from now on (the detector's change and
+        class sinks), and now each alert whose state and each flag that never reached the spool (handled
+        or learned while no shipper ran, raised before [fleet] was set, dropped by a full spool, set by
+        the DB's upgrade)."""
         store.detector.on_change.append(self.submit_alerts)
+        store.detector.on_classes.append(self.submit_classes)
         self.submit_alerts(store.alerts(2))
+        self.submit_classes(store.device_flags())
         return self
 
     def _run(self) -> None:
@@ -536,13 +642,13 @@ class Shipper:
                 while not self.stopping and not self._due() and not self._spool_due():
                     self.wake.wait(self._wait_seconds())
                 stopping = self.stopping
-                taken, alerts = [], []
+                taken, alerts, classes = [], [], {}
                 if stopping or self._spool_due():
-                    taken, alerts = list(self.queue), list(self.alert_queue.values())
+                    taken, alerts, classes = list(self.queue), list(self.alert_queue.values()), self.class_queue
                     self.queue.clear()
-                    self.alert_queue = {}
+                    self.alert_queue, self.class_queue = {}, {}
                     self._next_spool = time.monotonic() + self.interval
-            if taken or alerts:
+            if taken or alerts or classes:
                 # the deltas of one interval as one: their join (sums add), so an active pair is one row
                 # per interval however often the sensor flushes
                 delta = taken[0] if taken else ConnectionTable()
@@ -551,11 +657,12 @@ class Shipper:
                     for part in taken:
                         delta.merge(part)
                 try:
-                    self.spool.add(delta, self.site, self.sensor_id, alerts)
+                    self.spool.add(delta, self.site, self.sensor_id, alerts, classes)
                 except OSError as error:  # disk full: counted like an overflow, the DB has the data
                     self.spool.dropped_deltas += 1
                     self.spool.dropped_rows += len(delta.connections) + len(delta.devices)
                     self.spool.dropped_alerts += len(alerts)
+                    self.spool.dropped_classes += len(classes)
                     self.last_error = f"spool write failed: {error}"
             if stopping:
                 self._next_try = 0.0  # one last try, whatever the backoff
@@ -573,13 +680,13 @@ class Shipper:
         return bool(self.spool.size) and time.monotonic() >= self._next_try
 
     def _spool_due(self) -> bool:
-        return bool(self.queue or self.alert_queue) and time.monotonic() >= self._next_spool
+        return bool(self.queue or self.alert_queue or self.class_queue) and time.monotonic() >= self._next_spool
 
     def _wait_seconds(self) -> float:
         now, waits = time.monotonic(), [1.0]
         if self.spool.size:
             waits.append(self._next_try - now)
-        if self.queue or self.alert_queue:
+        if self.queue or self.alert_queue or self.class_queue:
             waits.append(self._next_spool - now)
         return max(0.05, min(waits))
 
@@ -604,17 +711,27 @@ class Shipper:
         return True
 
     def ship_file(self, path: Path) -> None:
-        connections, devices, alerts = self.spool.read(path)
+        connections, devices, alerts, classes = self.spool.read(path)
         database = self.client.database
         rows = 0
-        for table, body in (("delta_connections", connections), ("delta_devices", devices), ("alerts", alerts)):
+        bodies = (("delta_connections", connections), ("delta_devices", devices), ("alerts", alerts),
+                  ("delta_device_classes", classes))  # fmt: skip
+        for table, body in bodies:
             for chunk in _chunks(body, SEND_ROWS):
-                self.client.query(f"INSERT INTO {database}.{table} FORMAT JSONEachRow", chunk, **self.insert_settings)
+                try:
+                    self.client.query(f"INSERT INTO {database}.{table} FORMAT JSONEachRow", chunk,
+                                      **self.insert_settings)  # fmt: skip
+                except FleetError as error:
+                    if table == "delta_device_classes" and table in str(error):  # a fleet of schema version 1
+                        raise FleetError(f"{error} (run `otsensor fleet init` on it: fleet schema "
+                                         f"{SCHEMA_VERSION} ships device classes)") from None  # fmt: skip
+                    raise
                 rows += chunk.count(b"\n") + 1
         self.spool.remove(path)
         self.shipped_deltas += 1
         self.shipped_rows += rows
         self.shipped_alerts += alerts.count(b"\n") + 1 if alerts else 0
+        self.shipped_classes += classes.count(b"\n") + 1 if classes else 0
         self.last_shipped_ms = time.time_ns() // 1_000_000
 
     def close(self, timeout: float = 10.0) -> bool:
@@ -640,6 +757,8 @@ class Shipper:
             "shippedDeltas": self.shipped_deltas,
             "shippedRows": self.shipped_rows,
             "shippedAlerts": self.shipped_alerts,
+            "droppedClasses": self.spool.dropped_classes,
+            "shippedClasses": self.shipped_classes,
             "failures": self.failures,
             "lastError": self.last_error,
             "lastShippedMs": self.last_shipped_ms,

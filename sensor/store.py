@@ -29,7 +29,7 @@ import duckdb
 
 from . import serialize
 from .connections import ConnectionTable, ip_text
-from .detect import Changes, Detector, addresses_json
+from .detect import Changes, Detector, addresses_json, device_flags
 from .migrations import SchemaTooNew, upgrade
 from .oui import vendor as oui_vendor
 
@@ -88,6 +88,7 @@ class Store:
         self._file_open = False  # inside ingesting(): merges join the file's transaction
         self._unpublished: list[int] = []  # alerts opened inside it, told to the sinks after its commit
         self._unpublished_changes: list[int] = []  # open alerts counted on inside it (detector.updated)
+        self._unpublished_flags: list[int] = []  # devices whose flags may have turned on inside it
         self.edits = 0  # bumped by writes outside merges (handling an alert): part of the API's data generation
         if not read_only:
             self._migrate()
@@ -166,8 +167,9 @@ class Store:
             if self._file_open:
                 self._unpublished.extend(opened)  # told once the file's transaction has committed
                 self._unpublished_changes.extend(self.detector.updated)
+                self._unpublished_flags.extend(changes.flagged)
             else:
-                self.detector.publish(self.db, opened, self.detector.updated)
+                self.detector.publish(self.db, opened, self.detector.updated, changes.flagged)
                 self.checkpoint_if_due()  # (inside a file's transaction: at its end, in ingesting())
 
     def learning_end_ns(self, first_ns: int | None = None) -> int | None:
@@ -197,8 +199,10 @@ class Store:
                 raise _failure(f"writing to {self.path} failed", error) from None
             finally:
                 self.edits += 1
-            if found:
-                self.detector.publish(self.db, [], [alert_id])  # the change sinks: handled on the fleet too
+            if found:  # the change sinks: handled on the fleet too (and, learned, its device authorized)
+                row = self.db.execute("SELECT source_device FROM alerts WHERE id = ?", [alert_id]).fetchone()
+                flagged = [row[0]] if learn and row[0] is not None else []
+                self.detector.publish(self.db, [], [alert_id], flagged)
             return found
 
     def _merge_devices(self, delta: ConnectionTable, changes: Changes) -> dict[bytes, int]:
@@ -259,6 +263,8 @@ class Store:
             columns["last"].append(last)
             # a device first seen during learning is authorized (the baseline)
             flags = (False, False, first < changes.learning_end) if row is None else row[13:16]
+            if row is None and flags[2]:
+                changes.flagged.append(device_id)
             columns["engineering"].append(flags[0])
             columns["scanner"].append(flags[1])
             columns["authorized"].append(flags[2])
@@ -376,7 +382,8 @@ class Store:
         finally:
             opened, self._unpublished = self._unpublished, []
             changed, self._unpublished_changes = self._unpublished_changes, []
-        self.detector.publish(self.db, opened, changed)  # only alerts of a committed file reach a SIEM
+            flagged, self._unpublished_flags = self._unpublished_flags, []
+        self.detector.publish(self.db, opened, changed, flagged)  # only alerts of a committed file reach a SIEM
         self.checkpoint_if_due()
 
     # -- reading: what the API calls (sensor.console.ClickHouseStore answers the same over the fleet) --
@@ -400,6 +407,11 @@ class Store:
     def alerts(self, version: int = 1, where=None, ids: list[int] | None = None, scope=None) -> list[dict]:
         """GET /api/v1/alerts and v2 (``scope``: the console's site and sensor filters; a sensor ignores it)."""
         return serialize.alerts(self.cursor(), version, where or serialize.AlertFilter(), ids)
+
+    def device_flags(self) -> dict[str, tuple[bool, bool, bool]]:
+        """``{ip: (engineering_station, scanner, authorized)}`` of every device with a flag set (the fleet
+        shipper's start hands over those that never reached its spool)."""
+        return device_flags(self.cursor())
 
     def alert_pcap(self, alert_id: int) -> bytes | None:
         return serialize.alert_pcap(self.cursor(), alert_id)
