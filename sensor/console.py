@@ -203,9 +203,10 @@ class ClickHouseStore:
                 # the union of the addresses; a device without a row gets the column defaults (0, [])
                 flags = ", ".join(f"maxMerge({flag}) AS {flag}" for flag in FLAGS)
                 columns = ", ".join(("device_id, s, i, sensors, m, r", *IDENTITY, "f, l", *FLAGS, "addresses"))
-                sql = f"""SELECT {columns} FROM ({sql}) ANY LEFT JOIN (SELECT device_id, {flags},
+                sql = f"""SELECT {columns} FROM ({sql}) AS devices ANY LEFT JOIN (SELECT device_id, {flags},
                     groupUniqArrayArrayMerge(addresses) AS addresses
-                    FROM {self.db}.device_classes {where} GROUP BY device_id) USING device_id ORDER BY device_id"""
+                    FROM {self.db}.device_classes {where} GROUP BY device_id) AS classes USING device_id
+                    ORDER BY device_id"""
             else:
                 sql += " ORDER BY device_id"
             rows = self.client.rows(sql)

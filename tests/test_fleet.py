@@ -75,7 +75,7 @@ def sensors(root, server):
     return dbs
 
 
-SENSOR_ONLY = ("engineeringStation", "scanner", "authorized", "addresses")
+FLAGS = ("engineeringStation", "scanner", "authorized")
 
 
 def sensor_views(dbs: dict) -> dict:
@@ -97,8 +97,7 @@ def merged(views: dict) -> tuple[dict, dict]:
         ip_of = {d["id"]: d["ipAddresses"][0] for d in sensor_devices}
         for d in sensor_devices:
             key = (site, d["ipAddresses"][0])
-            mine = {k: v for k, v in d.items() if k not in ("id", *SENSOR_ONLY)}
-            mine.update(dict.fromkeys(SENSOR_ONLY))  # a sensor's detection is not shipped: null on the console
+            mine = {k: v for k, v in d.items() if k != "id"}
             mine["sensorIds"] = [sensor]
             if key in devices:  # the site's other sensor saw it too: the join of both
                 other = devices[key]
@@ -116,6 +115,13 @@ def merged(views: dict) -> tuple[dict, dict]:
                 if mine["firmware"] != other["firmware"]:
                     mine["firmware"] = mine["firmware"] or other["firmware"]
                 mine["identity"] = {**other["identity"], **mine["identity"]}
+                # classes: a flag if either sensor says so, the union of the protocols' addresses
+                for flag in FLAGS:
+                    mine[flag] = mine[flag] or other[flag]
+                addresses = {p: set(values) for p, values in other["addresses"].items()}
+                for p, values in mine["addresses"].items():
+                    addresses.setdefault(p, set()).update(values)
+                mine["addresses"] = {p: sorted(values) for p, values in sorted(addresses.items())}
                 if any(p["name"] in {"modbus", "s7comm", "s7comm-plus", "ams"} and "server" in p["roles"]
                        for p in mine["protocols"]):  # fmt: skip
                     mine["type"] = "PLC"
@@ -167,6 +173,12 @@ def test_console_equals_the_merge_of_the_sensors(server, sensors):
     assert len(expected_connections) > 8 and any(len(c["sensorIds"]) == 2 for c in expected_connections.values())
     assert connections == expected_connections
     assert devices == expected_devices
+    # the sensors' classes came along: authorized (seen in the first capture's learning day; the captures are
+    # years apart), an engineering station, no scanner, the protocols' own addresses (S7 rack/slot, Modbus unit
+    # ids, AMS Net Ids)
+    assert {d["authorized"] for d in device_list} == {True, False} == {d["engineeringStation"] for d in device_list}
+    assert not any(d["scanner"] for d in device_list)
+    assert {"s7comm", "modbus", "ams"} <= {p for d in device_list for p in d["addresses"]}
     # ids: stable, JSON-safe, unique, the list ordered by them as on a sensor
     ids = [d["id"] for d in device_list]
     assert ids == sorted(set(ids)) and all(0 <= i < 2**53 for i in ids)
@@ -257,7 +269,7 @@ def test_clickhouse_killed_mid_stream_loses_nothing_and_doubles_nothing(root, se
     assert shipper.stats()["spooledDeltas"] > 0
     # a delta shipped twice: its insert landed but the answer was lost (the file is shipped again)
     duplicate = sorted(shipper.spool.pending())[0]
-    connections, _devices, _alerts = fleet.Spool.read(duplicate)
+    connections, _devices, _alerts, _classes = fleet.Spool.read(duplicate)
     server.start()
     client.query("INSERT INTO killed.delta_connections FORMAT JSONEachRow", connections)
     _wait(lambda: not shipper.spool.pending())
@@ -352,11 +364,13 @@ def test_the_same_sql_on_chdb(root, server, sensors, tmp_path):
             engine = Engine()
             store = Store(":memory:")
             replay([str(REAL / c) for c in captures], store, progress=False, fleet=_Direct(spool, site, sensor))
-            spool.add(fleet.ConnectionTable(), site, sensor, store.alerts(2))  # as Shipper.attach hands them over
+            # as Shipper.attach hands them over
+            spool.add(fleet.ConnectionTable(), site, sensor, store.alerts(2), store.device_flags())
             store.close()
             del engine
             for path in spool.pending():
-                bodies = zip(("delta_connections", "delta_devices", "alerts"), fleet.Spool.read(path))
+                tables = ("delta_connections", "delta_devices", "alerts", "delta_device_classes")
+                bodies = zip(tables, fleet.Spool.read(path), strict=True)
                 for table, body in bodies:
                     if body:  # a delta of devices alone (as Shipper.ship_file, which sends no empty insert)
                         chdb.query(f"INSERT INTO otsensor.{table} FORMAT JSONEachRow", body)
@@ -632,6 +646,130 @@ def test_the_console_serves_the_sensors_alerts(alerting):
         assert "sensor" in error["message"]
 
 
+# -- device classes (contract section 3: engineeringStation, scanner, authorized, addresses) over the fleet ------
+CLASSES = (*FLAGS, "addresses")
+
+
+def _classes(devices: list[dict]) -> dict:
+    """{ip: the four class fields} of a device list (a sensor's or the console's)."""
+    return {d["ipAddresses"][0]: {k: d[k] for k in CLASSES} for d in devices}
+
+
+def _class_file(tmp_path: Path, store: Store, site: str, sensor: str) -> bytes:
+    """A spool file's device classes holding everything ``store`` knows of them: each device's addresses
+    (as a delta brings them) and flags (as the store hands them over), read back from the file."""
+    import ipaddress
+
+    table = fleet.ConnectionTable()
+    for device in store.devices():
+        if device["addresses"]:
+            address = ipaddress.ip_address(device["ipAddresses"][0]).packed
+            table.device(address).addresses = {p: set(values) for p, values in device["addresses"].items()}
+    spool = fleet.Spool(tmp_path / f"classes-{sensor}", 1 << 30)
+    spool.add(table, site, sensor, classes=store.device_flags())
+    (path,) = spool.pending()
+    return fleet.Spool.read(path)[3]
+
+
+def test_the_console_carries_the_sensors_classes(alerting, tmp_path):
+    """After the S7 stop and downloads, the console's devices carry the sensor's engineeringStation, scanner,
+    authorized and addresses for the same address; a classes file shipped twice changes nothing."""
+    db, _config_file, client = alerting
+    store = Store(db, read_only=True)
+    try:
+        mine = store.devices()
+        body = _class_file(tmp_path, store, "plant-a", "eng-1")
+    finally:
+        store.close()
+    http, auth = _console(client)
+    served = http.get("/api/v1/devices", headers=auth).get_json()
+    assert _classes(served) == _classes(mine)
+    by_ip = {d["ipAddresses"][0]: d for d in served}
+    # the station that stopped the PLC is one, the PLC is not; a PLC downloaded to has its rack/slot
+    stop = next(a for a in _sensor_alerts(db) if a["title"] == "PLC Stop command")
+    station = by_ip[stop["sourceDeviceAddress"]]
+    assert (
+        station["engineeringStation"] is True and by_ip[stop["destinationDeviceAddress"]]["engineeringStation"] is False
+    )
+    plc = next(d for d in served if "s7comm" in d["addresses"])
+    assert all(d["authorized"] is False for d in served)  # learning 0
+    assert http.get(f"/api/v1/devices/{station['id']}", headers=auth).get_json() == station
+    # the same rows shipped twice more (an INSERT that landed, its answer lost): nothing changes
+    for _ in range(2):
+        client.query(f"INSERT INTO {client.database}.delta_device_classes FORMAT JSONEachRow", body)
+    assert http.get("/api/v1/devices", headers=auth).get_json() == served
+    # a second sensor of the site says the PLC scanned and knows another rack/slot of it: fleet-wide the PLC
+    # is a scanner and has both addresses; the first sensor's own view (sensorId) is unchanged
+    row = {"site": "plant-a", "sensor_id": "eng-2", "ip": plc["ipAddresses"][0], "engineering_station": 0,
+           "scanner": 1, "authorized": 0, "addresses": ["s7comm\x1frack 0, slot 9"]}  # fmt: skip
+    client.query(f"INSERT INTO {client.database}.delta_device_classes FORMAT JSONEachRow", json.dumps(row).encode())
+    merged_plc = http.get(f"/api/v1/devices/{plc['id']}", headers=auth).get_json()
+    assert merged_plc["scanner"] is True and merged_plc["engineeringStation"] is False
+    assert merged_plc["addresses"]["s7comm"] == sorted({*plc["addresses"]["s7comm"], "rack 0, slot 9"})
+    assert http.get("/api/v1/devices?sensorId=eng-1", headers=auth).get_json() == served
+
+
+def test_a_sensor_attached_after_the_fact_hands_over_its_flags(server, tmp_path):
+    """A device learned (handleAndLearn: authorized) while no shipper ran reaches the console when the next
+    shipper is attached to the store — that device alone, the flags already spooled are not sent again."""
+    from sensor.detect import Detector
+
+    client = fleet.ClickHouse(server.url + "?database=late_classes")
+    fleet.init([client])
+    store = Store(tmp_path / "late.duckdb", detector=Detector(learning_hours=0))
+    spool_folder = tmp_path / "late.duckdb.fleet-spool"
+    shipper = fleet.Shipper(client, "plant-l", "late-2", fleet.Spool(spool_folder, 1 << 30)).start().attach(store)
+    replay([str(REAL / ALERT_CAPTURES[0])], store, progress=False, fleet=shipper)
+    assert shipper.close() and shipper.stats()["shippedClasses"] > 0
+    console = ClickHouseStore(client, Store(":memory:"))
+    assert _classes(console.devices()) == _classes(store.devices())
+    assert any(d["engineeringStation"] for d in store.devices())
+    new_device = next(a for a in store.alerts(2) if a["title"] == "New device detected")
+    assert store.handle_alert(new_device["id"], learn=True)  # no shipper now
+    learned = new_device["sourceDeviceAddress"]
+    assert _classes(console.devices())[learned]["authorized"] is False
+    again = fleet.Shipper(client, "plant-l", "late-2", fleet.Spool(spool_folder, 1 << 30)).start().attach(store)
+    assert again.close() and again.stats()["shippedClasses"] == 1  # only the learned device's flags
+    assert _classes(console.devices())[learned]["authorized"] is True
+    assert _classes(console.devices()) == _classes(store.devices())
+    store.close()
+
+
+def test_fleet_init_completes_a_version_1_fleet(server, tmp_path, monkeypatch):
+    """A fleet made by version 1 (no device classes): its console shows them unknown (null) and a sensor's
+    classes wait in the spool with a clear error; `otsensor fleet init` again adds the tables, the spool
+    ships, and the same console shows the sensor's classes."""
+    from sensor.detect import Detector
+
+    url = server.url + "?database=upgraded"
+    client = fleet.ClickHouse(url)
+    with monkeypatch.context() as version_1:
+        version_1.setattr(fleet, "TABLES", {k: v for k, v in fleet.TABLES.items() if "classes" not in k})
+        version_1.setattr(fleet, "VIEWS", {k: v for k, v in fleet.VIEWS.items() if "classes" not in k})
+        version_1.setattr(fleet, "SCHEMA_VERSION", 1)
+        fleet.init([client])
+    assert client.rows("SELECT max(version) FROM upgraded.fleet_schema") == [[1]]
+    # its console serves devices (as shipped by a version-1 sensor) with their classes unknown
+    devices = fleet.delta_rows(_deltas([ALERT_CAPTURES[0]], frames=10_000)[0], "plant-u", "up-1", 1)[1]
+    client.query("INSERT INTO upgraded.delta_devices FORMAT JSONEachRow", devices)
+    console = ClickHouseStore(client, Store(":memory:"))
+    before = console.devices()
+    assert before and all(d[k] is None for d in before for k in CLASSES)
+    # a version-2 sensor: its classes are refused, its spool waits and says why
+    store = Store(":memory:", detector=Detector(learning_hours=0))
+    shipper = fleet.Shipper(client, "plant-u", "up-1", fleet.Spool(tmp_path / "spool", 1 << 30)).start()
+    shipper.attach(store)
+    replay([str(REAL / ALERT_CAPTURES[0])], store, progress=False, fleet=shipper)
+    _wait(lambda: "otsensor fleet init" in (shipper.stats()["lastError"] or ""))
+    assert shipper.stats()["spooledDeltas"] > 0
+    assert main(["fleet", "init", "--clickhouse", url]) == 0
+    assert client.rows("SELECT max(version) FROM upgraded.fleet_schema") == [[fleet.SCHEMA_VERSION]] == [[2]]
+    assert shipper.close()  # its last try ships the spool
+    assert _classes(console.devices()) == _classes(store.devices())
+    assert any(d["engineeringStation"] for d in console.devices())
+    store.close()
+
+
 def test_alerts_that_overflow_the_spool_are_counted_and_handed_over_at_the_next_start(server, tmp_path):
     """A full spool drops alert states (counted in /healthz and /metrics, never noted as spooled); the next
     start hands them over again, and they arrive."""
@@ -693,7 +831,7 @@ def test_handling_on_the_sensor_shows_on_the_console(alerting, tmp_path):
     again = fleet.Spool(tmp_path / "again", 1 << 30)
     again.add(fleet.ConnectionTable(), "plant-a", "eng-1", mine)
     (path,) = again.pending()
-    _connections, _devices, rows = fleet.Spool.read(path)
+    _connections, _devices, rows, _classes = fleet.Spool.read(path)
     for _ in range(2):
         client.query(f"INSERT INTO {client.database}.alerts FORMAT JSONEachRow", rows)
     assert http.get("/api/v2/alerts", headers=auth).get_json() == served
@@ -754,6 +892,9 @@ def test_the_daemon_ships_its_alerts_and_their_handling(server, tmp_path):
         assert "PLC Stop command" in {a["title"] for a in mine}
         _wait(lambda: daemon.snapshot()["fleet"]["shippedAlerts"] >= len(mine) and not daemon.fleet.spool.pending())
         http, auth = _console(client)
+        # the flags its merges set (the engineering station that stopped the PLC) shipped after each commit
+        _wait(lambda: _classes(http.get("/api/v1/devices", headers=auth).get_json()) == _classes(store.devices()))
+        assert any(d["engineeringStation"] for d in store.devices())
         served = http.get("/api/v2/alerts", headers=auth).get_json()
         assert sorted((a["sensorAlertId"], a["title"], a["time"]) for a in served) == [
             (a["id"], a["title"], a["time"]) for a in mine
