@@ -3,11 +3,12 @@
     python bench/fleet.py [--sensors 100] [--devices 2000] [--per-device 10] [--senders 4] [--json]
 
 S sensors (each its own site) x D devices x C connections per device are shipped as the shipper ships
-them: JSONEachRow INSERTs of SEND_ROWS rows into delta_connections / delta_devices (the materialized
-views build the aggregate states and per-delta counts), from ``--senders`` threads at once. Prints
-ingest rows/s, then p50/p99 of the console's fleet-wide queries through sensor.console.ClickHouseStore
-(the SQL and the JSON the API serves): one device's connections across all sites, one site's full
-list, and connections new since T (~1 % of them). Never used by the tests.
+them: JSONEachRow INSERTs of SEND_ROWS rows into delta_connections / delta_devices / delta_device_classes
+(the materialized views build the aggregate states and per-delta counts), from ``--senders`` threads at
+once. Prints ingest rows/s, then p50/p99 of the console's fleet-wide queries through
+sensor.console.ClickHouseStore (the SQL and the JSON the API serves): one device's connections across all
+sites, one site's full list, connections new since T (~1 % of them), one site's devices and one device
+(with their classes). Never used by the tests.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sensor import fleet  # noqa: E402
+from sensor import fleet, serialize  # noqa: E402
 from sensor.console import ClickHouseStore  # noqa: E402
 from sensor.serialize import ConnectionFilter  # noqa: E402
 from sensor.store import Store  # noqa: E402
@@ -59,7 +60,16 @@ def sensor_bodies(sensor: int, devices: int, per_device: int) -> tuple[list[byte
             f'"vendor":"","name":"","model":"","firmware":"","serial":"","user_agent":"","server":"",'
             f'"first_seen":{T0},"last_seen":{T0 + 3_600_000}}}'
         )
-    return [(b"C", body) for body in connections] + [(b"D", "\n".join(device_rows).encode())], len(rows) + devices
+    pieces = [(b"C", body) for body in connections] + [(b"D", "\n".join(device_rows).encode())]
+    if fleet.SCHEMA_VERSION >= 2:  # device classes: every device learned, one in 50 an engineering station
+        class_rows = [
+            f'{{"site":"{site}","sensor_id":"{sensor_id}","ip":"10.{sensor // 250}.{k // 250}.{k % 250 + 1}",'
+            f'"engineering_station":{int(k % 50 == 0)},"scanner":0,"authorized":1,"addresses":["modbus\\u001f{k % 247 + 1}"]}}'
+            for k in range(devices)
+        ]
+        pieces.append((b"K", "\n".join(class_rows).encode()))
+        return pieces, len(rows) + 2 * devices
+    return pieces, len(rows) + devices
 
 
 def cpu_seconds(pid: int) -> float:
@@ -109,7 +119,7 @@ def main(argv=None) -> int:
                         if not queue:
                             return
                         kind, body = queue.pop()
-                    table = "delta_connections" if kind == b"C" else "delta_devices"
+                    table = {b"C": "delta_connections", b"D": "delta_devices", b"K": "delta_device_classes"}[kind]
                     client.query(f"INSERT INTO {client.database}.{table} FORMAT JSONEachRow", body)
 
             pid = server.process.pid
@@ -128,22 +138,34 @@ def main(argv=None) -> int:
                   file=sys.stderr, flush=True)  # fmt: skip
 
             store = ClickHouseStore(client, Store(":memory:"))
-            one_device = fleet.device_id_sql("'site-0007'", "'10.0.3.7'")
+            k = 756 % args.devices  # 10.0.3.7 at 2,000 devices a sensor: a device of site-0007 at any size
+            one_device = fleet.device_id_sql("'site-0007'", f"'10.0.{k // 250}.{k % 250 + 1}'")
             device_id = client.rows(f"SELECT {one_device}")[0][0]
             total = args.sensors * args.devices * args.per_device
             cutoff = T0 + int(args.devices * args.per_device * 1000 * 0.99)  # ~1 % of every site's connections
-            queries = {
-                "one device fleet-wide": (ConnectionFilter(device_id=device_id), 50),
-                "one site's full list": (ConnectionFilter(site="site-0007"), 10),
-                "new since T (fleet-wide)": (ConnectionFilter(discovered_after=cutoff), 5),
+            site = ConnectionFilter(site="site-0007")
+
+            def one_device() -> str:
+                found = store.device(device_id)
+                return serialize.dumps([found] if found else [])
+
+            queries = {  # name -> (the query: the JSON the API serves, a list; runs)
+                "one device fleet-wide": (lambda: store.connections_json(ConnectionFilter(device_id=device_id)), 50),
+                "one site's full list": (lambda: store.connections_json(site), 10),
+                "new since T (fleet-wide)": (
+                    lambda: store.connections_json(ConnectionFilter(discovered_after=cutoff)),
+                    5,
+                ),
+                "one site's devices": (lambda: serialize.dumps(store.devices(site)), 10),
+                "one device's record": (one_device, 50),
             }
             results = {}
-            for name, (where, runs) in queries.items():
+            for name, (query, runs) in queries.items():
                 samples, size = [], 0
                 cpu_before = cpu_seconds(pid)
                 for _ in range(runs):
                     begun = time.perf_counter()
-                    body = store.connections_json(where)
+                    body = query()
                     samples.append(time.perf_counter() - begun)
                     size = len(json.loads(body))
                 p50, p99 = percentiles(samples)
