@@ -236,7 +236,7 @@ SCHEMAS = {
             },
             "firstSeen": EPOCH_MS,
             "lastSeen": EPOCH_MS,
-            # null on the fleet console: a sensor's detection is not shipped to ClickHouse (yet)
+            # null only on a console over a fleet of schema 1 (before `otsensor fleet init` added device classes)
             "engineeringStation": {
                 "type": "boolean",
                 "nullable": True,

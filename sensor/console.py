@@ -47,14 +47,14 @@ def _scope(where: ConnectionFilter) -> list[str]:
     return clauses
 
 
-def _addresses_json(values: list[str]) -> str:
-    """The "protocol\x1faddress" strings as a sensor stores a device's addresses: JSON, protocols and their
+def _addresses(values: list[str]) -> dict[str, list[str]]:
+    """The "protocol\x1faddress" strings as a sensor serves a device's addresses: protocols and their
     addresses sorted (sensor.detect.addresses_json)."""
     by_protocol: dict[str, list[str]] = {}
     for value in sorted(values):
         protocol, _, address = value.partition(COMMAND_SEPARATOR)
         by_protocol.setdefault(protocol, []).append(address)
-    return json.dumps(dict(sorted(by_protocol.items())))
+    return dict(sorted(by_protocol.items()))
 
 
 class ClickHouseStore:
@@ -219,12 +219,14 @@ class ClickHouseStore:
             macs = sorted(macs)
             mac_vendor = next(filter(None, map(oui_vendor, macs)), None)
             if len(row) > 15:
-                classes = (*(bool(flag) for flag in row[15:18]), _addresses_json(row[18]))
+                classes = (*(bool(flag) for flag in row[15:18]), "{}")
             else:  # a fleet of schema version 1: the sensors' detection is not there, unknown rather than false
                 classes = (None, None, None, "null")
             device = serialize._device((int(device_id), ip, macs, sorted(roles), vendor, mac_vendor, name, model,
                                         firmware, serial, user_agent, server, int(row[13]), int(row[14]),
                                         *classes))  # fmt: skip
+            if len(row) > 15 and row[18]:
+                device["addresses"] = _addresses(row[18])
             sensors = sorted(sensors)
             device.update(site=site, sensorId=sensors[0], sensorIds=sensors)
             found.append(device)
