@@ -544,7 +544,7 @@ def _chunks(body: bytes, rows: int):
 
 
 ALERT_QUEUE_LIMIT = 100_000  # alerts waiting in memory for the spool's writer (one entry per alert id)
-CLASS_QUEUE_LIMIT = 1_000_000  # devices' flags waiting in memory for it (one entry per address, ~200 bytes)
+CLASS_QUEUE_LIMIT = 100_000  # devices' flags waiting in memory for it (one entry per address)
 
 
 class Shipper:
