@@ -488,9 +488,12 @@ class Daemon:
             if delta.connections or delta.devices:
                 try:
                     self.generation += 1  # before and after: a reader mid-write never keeps a stale tag
-                    self.store.merge(delta)
-                    if self.fleet is not None:
-                        self.fleet.submit(delta)  # returns at once: spooled and shipped by the fleet thread
+                    if self.fleet is None:
+                        self.store.merge(delta)
+                    else:
+                        with self.fleet.together():  # the commit's alerts and flags spool with its delta
+                            self.store.merge(delta)
+                            self.fleet.submit(delta)  # returns at once: spooled and shipped by the fleet thread
                 except Exception as error:  # noqa: BLE001 — disk full, I/O error: keep the data, say so
                     with self.pending_lock:
                         delta.merge(self.pending)  # the join again: nothing counted twice, nothing lost

@@ -45,6 +45,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 from .connections import ConnectionTable, ip_text
@@ -561,6 +562,7 @@ class Shipper:
         self.class_queue: dict[str, tuple] = {}  # ip -> its flags, not spooled yet
         self.queue_limit = queue_limit
         self.wake = threading.Condition()
+        self._held = 0  # together() blocks in progress: the queues wait for them
         self.stopping = False
         self.shipped_deltas = 0
         self.shipped_rows = 0
@@ -579,6 +581,21 @@ class Shipper:
     def start(self) -> Shipper:
         self.thread.start()
         return self
+
+    @contextmanager
+    def together(self):
+        """``with shipper.together(): store.merge(delta); shipper.submit(delta)``: the alerts and flags a
+        commit hands over (its sinks run inside the merge) and its delta reach the same spool file, as the
+        thread takes no queue while one is held (a flush is one file, not its delta and its classes apart).
+        No lock is held meanwhile: the store's lock is taken before the shipper's by the API's writes."""
+        with self.wake:
+            self._held += 1
+        try:
+            yield self
+        finally:
+            with self.wake:
+                self._held -= 1
+                self.wake.notify()
 
     def submit(self, delta: ConnectionTable) -> None:
         """From the flush: never blocks on ClickHouse or on the disk."""
@@ -680,7 +697,8 @@ class Shipper:
         return bool(self.spool.size) and time.monotonic() >= self._next_try
 
     def _spool_due(self) -> bool:
-        return bool(self.queue or self.alert_queue or self.class_queue) and time.monotonic() >= self._next_spool
+        queued = self.queue or self.alert_queue or self.class_queue
+        return bool(queued) and not self._held and time.monotonic() >= self._next_spool
 
     def _wait_seconds(self) -> float:
         now, waits = time.monotonic(), [1.0]

@@ -418,6 +418,31 @@ def test_a_full_spool_is_counted_in_healthz_and_metrics(tmp_path):
     assert fleet.Spool(tmp_path / "spool", 3000).sequence == spool.sequence
 
 
+def test_a_commit_and_its_delta_spool_as_one_file_and_hold_no_lock(tmp_path):
+    """A flush: the merge's sinks (alerts, flags) and then the delta, inside together() — one spool file, not
+    two; while one is held another thread (the API handling an alert) still hands its changes over."""
+    import threading
+    import time
+
+    down = fleet.ClickHouse(f"http://127.0.0.1:{fleet_servers.free_port()}/", timeout=1)  # the files stay
+    shipper = fleet.Shipper(down, "plant-t", "together-1", fleet.Spool(tmp_path / "spool", 1 << 30)).start()
+    deltas = _deltas(["ndpi/modbus.pcap"], frames=20)[:3]
+    for delta in deltas:
+        with shipper.together():
+            shipper.submit_classes({"10.0.0.9": (False, False, True)} if delta is deltas[0] else {})
+            time.sleep(0.3)  # a merge that takes a while: the thread must not spool the flags alone
+            other = threading.Thread(target=shipper.submit_alerts, args=([],))
+            other.start()
+            other.join(timeout=5)
+            assert not other.is_alive()  # the shipper's lock is free while together() is held
+            shipper.submit(delta)
+        _wait(lambda: not shipper.queue and not shipper.class_queue)
+    files = shipper.spool.pending()
+    assert len(files) == 3
+    assert b"10.0.0.9" in fleet.Spool.read(files[0])[3] and fleet.Spool.read(files[0])[0]
+    shipper.close(timeout=2)
+
+
 def test_bad_fleet_settings_are_one_line(tmp_path, capsys):
     config = tmp_path / "bad.toml"
     config.write_text('[fleet]\nclickhouse_url = "http://127.0.0.1:1/"\n')
