@@ -156,6 +156,8 @@ class CaptureCollector:
                 ("otsensor_fleet_failures", "failures", "Failed attempts to ship to ClickHouse"),
                 ("otsensor_fleet_dropped_alerts", "droppedAlerts", "Alert states dropped: the spool was full"),
                 ("otsensor_fleet_shipped_alerts", "shippedAlerts", "Alert states shipped to ClickHouse"),
+                ("otsensor_fleet_dropped_classes", "droppedClasses", "Device flags dropped: the spool was full"),
+                ("otsensor_fleet_shipped_classes", "shippedClasses", "Device class rows shipped to ClickHouse"),
             ):
                 yield CounterMetricFamily(name, text, value=fleet.get(key, 0))
         try:
