@@ -27,6 +27,10 @@ HOUR_MS, MINUTE_MS = 3_600_000, 60_000
 # (iti/ModbusTCP_mb2.pcap) reaches them through sessions, not probes.  Checked: nmap against a namespace
 # is marked, no device of ../shared/pcaps/real is (tests/test_alerts.py).
 SCAN_TARGETS = 32
+# Rows per INSERT of a merge (the store's devices and connections, events, alerts): DuckDB copies each list
+# parameter into values of its own, ~2.5 KB a device — 100,000 new devices at once took ~250 MB on top of the
+# delta; in slices, a slice's worth.
+INSERT_ROWS = 8192
 SCAN_WINDOW_MS = 60_000
 PROBE_PACKETS = 4
 
@@ -414,6 +418,12 @@ def _open_many(db, alerts: list[Alert]) -> list[int]:
     if len(alerts) < 2:
         return [_open(db, alert) for alert in alerts]
     ids = sorted(row[0] for row in db.execute("SELECT nextval('alert_ids') FROM range(?)", [len(alerts)]).fetchall())
+    for start in range(0, len(alerts), INSERT_ROWS):  # in slices, as events
+        _insert_alerts(db, ids[start : start + INSERT_ROWS], alerts[start : start + INSERT_ROWS])
+    return ids
+
+
+def _insert_alerts(db, ids: list[int], alerts: list[Alert]) -> None:
     db.execute(
         "INSERT INTO alerts SELECT unnest($1::BIGINT[]), unnest($2::BIGINT[]), unnest($2::BIGINT[]), "
         "unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), unnest($5::VARCHAR[]), unnest($6::VARCHAR[]), "
@@ -424,7 +434,6 @@ def _open_many(db, alerts: list[Alert]) -> list[int]:
          [a.destination for a in alerts], [a.description for a in alerts], [a.information for a in alerts],
          [REMEDIATION.get(a.title, []) for a in alerts], [a.dedup_key for a in alerts], [a.pcap for a in alerts]],
     )  # fmt: skip
-    return ids
 
 
 def _next_event_id(db) -> int:
@@ -456,14 +465,17 @@ class Events(dict):
 def _insert_events(db, kinds: dict[tuple, tuple[list, list]]) -> None:
     # The lists unnested in a subquery: unnest() beside constants in an INSERT's own select list took
     # twice as long (~18 against ~8 ms for the bench mix's 12,091 connection events).
+    # In slices of INSERT_ROWS: DuckDB copies each list parameter into values of its own.
     first = _next_event_id(db)
-    for (kind, title, severity), (times, contents) in kinds.items():
-        db.execute(
-            "INSERT INTO events SELECT i, t, $3, $4, $5, 'otsensor', c "
-            "FROM (SELECT unnest(range($1, $7)) i, unnest($2) t, unnest($6) c)",
-            [first, times, kind, title, severity, contents, first + len(times)],
-        )
-        first += len(times)
+    for (kind, title, severity), (all_times, all_contents) in kinds.items():
+        for start in range(0, len(all_times), INSERT_ROWS):
+            times, contents = all_times[start : start + INSERT_ROWS], all_contents[start : start + INSERT_ROWS]
+            db.execute(
+                "INSERT INTO events SELECT i, t, $3, $4, $5, 'otsensor', c "
+                "FROM (SELECT unnest(range($1, $7)) i, unnest($2) t, unnest($6) c)",
+                [first, times, kind, title, severity, contents, first + len(times)],
+            )
+            first += len(times)
 
 
 def handle(db, alert_id: int, learn: bool, now_ms: int) -> bool:

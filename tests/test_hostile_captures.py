@@ -15,6 +15,7 @@ import pytest
 
 from sensor.readers import STAMP_MAX_NS, STAMP_MIN_NS, CaptureReader
 
+from .conftest import PCAPS
 from .test_readers import ETH_FRAME, MODBUS_PCAP, epb, idb, option, shb
 
 
@@ -265,6 +266,70 @@ def test_many_flows_holding_partial_pdus_stay_within_the_bound(tmp_path):
     assert peak < RSS_BOUND_MB, f"peak RSS {peak:.0f} MB"
     modbus = _modbus_pair(db)
     assert len(modbus) == 1 and "Read Holding Registers" in json.dumps(modbus[0])
+
+
+def _syn_sources(path: Path, count: int) -> Path:
+    """``count`` hosts 10.1.x.x each sending one SYN to 10.0.0.1:502 (a scan's or a flood's shape), 10,000 a
+    second: every packet a new device and a new pair."""
+    records = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i in range(count):
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, i & 0xFFFF, 0, 64, 6, 0, struct.pack("!I", 0x0A010000 + i),
+                         b"\x0a\x00\x00\x01")  # fmt: skip
+        tcp = struct.pack("!HHIIBBHHH", 40000 + i % 20000, 502, i, 0, 0x50, 0x02, 1024, 0, 0)
+        frame = b"\x00\x0e\x8c\x00\x00\x01\x00\x0e\x8c\x00\x00\x02\x08\x00" + ip + tcp
+        records.append(struct.pack("<IIII", 1_700_000_000 + i // 10_000, i % 10_000 * 100, len(frame), len(frame)))
+        records.append(frame)
+    path.write_bytes(gzip.compress(b"".join(records), compresslevel=1))
+    return path
+
+
+def test_many_new_devices_past_learning_stay_within_the_bound(tmp_path):
+    """40,000 new hosts in one 0.6 MB file, past learning: 40,000 devices, 40,000 pairs and an alert for
+    each. Inserted at once, the merge's lists took replay to 689 MB (100,000 hosts: 1.56 GB); in slices,
+    ~400 MB — and everything is stored."""
+    path = _syn_sources(tmp_path / "syn.pcap.gz", 40_000)
+    assert path.stat().st_size < 2**20
+    config = tmp_path / "past-learning.toml"
+    config.write_text("learning_hours = 0\n")
+    db = tmp_path / "db.duckdb"
+    done, peak = _peak_rss_mb("replay", "--db", db, "--json", "--config", config, path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert peak < RSS_BOUND_MB, f"peak RSS {peak:.0f} MB"
+    from sensor.store import Store
+
+    store = Store(str(db), read_only=True)
+    try:
+        assert store.counts() == (40_001, 40_000)
+        titles = [alert["title"] for alert in store.alerts(1)]
+        assert titles.count("New device detected") == 40_001 and titles.count("New connection detected") == 40_000
+    finally:
+        store.close()
+
+
+def test_a_merge_in_slices_stores_what_one_insert_stores(tmp_path, monkeypatch):
+    """Devices, connections, alerts and events inserted 7 rows at a time are those of one insert each:
+    ids, order and content (new hosts past learning, then a Modbus and an S7 capture over them)."""
+    from sensor import detect, store as store_module
+    from sensor.detect import Detector
+    from sensor.replay import replay
+
+    files = [str(_syn_sources(tmp_path / "syn.pcap.gz", 100)), str(PCAPS / "modbus.pcap"), str(PCAPS / "s7comm.pcap")]
+
+    def stored(name: str, rows: int) -> tuple:
+        monkeypatch.setattr(store_module, "INSERT_ROWS", rows)
+        monkeypatch.setattr(detect, "INSERT_ROWS", rows)
+        store = store_module.Store(str(tmp_path / name), detector=Detector(learning_hours=0))
+        try:
+            replay(files, store, progress=False)
+            return (store.devices(), json.loads(store.connections_json()), store.alerts(2), store.events(),
+                    store.counts())  # fmt: skip
+        finally:
+            store.close()
+
+    whole, sliced = stored("whole.duckdb", 1 << 30), stored("sliced.duckdb", 7)
+    assert whole[4][0] > 100 and len(whole[2]) > 200 and len(whole[3]) > 200
+    for one, other in zip(whole, sliced):
+        assert one == other
 
 
 def test_the_packet_paths_bounds_are_settings(tmp_path):
