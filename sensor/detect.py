@@ -478,8 +478,9 @@ def _insert_events(db, kinds: dict[tuple, tuple[list, list]]) -> None:
             first += len(times)
 
 
-def handle(db, alert_id: int, learn: bool, now_ms: int) -> bool:
-    """Mark an alert handled (and with ``learn``, make its activity authorized); False if unknown."""
+def handle(db, alert_id: int, learn: bool, now_ms: int, flagged: list[int]) -> bool:
+    """Mark an alert handled (and with ``learn``, make its activity authorized; a device so authorized is
+    added to ``flagged``); False if unknown."""
     row = db.execute("SELECT title, source_device, destination_device FROM alerts WHERE id = ?", [alert_id]).fetchone()
     if row is None:
         return False
@@ -489,6 +490,7 @@ def handle(db, alert_id: int, learn: bool, now_ms: int) -> bool:
         db.execute("INSERT INTO learned VALUES (?, ?, ?, '')", [title, source, destination])
         if title == "New device detected":
             db.execute("UPDATE devices SET authorized = true WHERE id = ?", [source])
+            flagged.append(source)
     action = "handled and learned" if learn else "handled"
     event_id = _next_event_id(db)
     db.execute(

@@ -192,16 +192,15 @@ class Store:
 
         with self._lock:
             self.edits += 1  # before and after: a reader mid-write never keeps a stale rendering
+            flagged: list[int] = []  # the device learned, if any: its flag to the class sinks
             try:
                 with self.transaction():
-                    found = handle(self.db, alert_id, learn, time.time_ns() // 1_000_000)
+                    found = handle(self.db, alert_id, learn, time.time_ns() // 1_000_000, flagged)
             except duckdb.Error as error:
                 raise _failure(f"writing to {self.path} failed", error) from None
             finally:
                 self.edits += 1
             if found:  # the change sinks: handled on the fleet too (and, learned, its device authorized)
-                row = self.db.execute("SELECT source_device FROM alerts WHERE id = ?", [alert_id]).fetchone()
-                flagged = [row[0]] if learn and row[0] is not None else []
                 self.detector.publish(self.db, [], [alert_id], flagged)
             return found
 
