@@ -418,13 +418,8 @@ def _open_many(db, alerts: list[Alert]) -> list[int]:
     if len(alerts) < 2:
         return [_open(db, alert) for alert in alerts]
     ids = sorted(row[0] for row in db.execute("SELECT nextval('alert_ids') FROM range(?)", [len(alerts)]).fetchall())
-    for start in range(0, len(alerts), INSERT_ROWS):  # in slices, as events
-        _insert_alerts(db, ids[start : start + INSERT_ROWS], alerts[start : start + INSERT_ROWS])
-    return ids
-
-
-def _insert_alerts(db, ids: list[int], alerts: list[Alert]) -> None:
-    db.execute(
+    insert_columns(
+        db,
         "INSERT INTO alerts SELECT unnest($1::BIGINT[]), unnest($2::BIGINT[]), unnest($2::BIGINT[]), "
         "unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), unnest($5::VARCHAR[]), unnest($6::VARCHAR[]), "
         "unnest($7::BIGINT[]), unnest($8::BIGINT[]), unnest($9::VARCHAR[]), unnest($10::VARCHAR[][]), "
@@ -434,6 +429,17 @@ def _insert_alerts(db, ids: list[int], alerts: list[Alert]) -> None:
          [a.destination for a in alerts], [a.description for a in alerts], [a.information for a in alerts],
          [REMEDIATION.get(a.title, []) for a in alerts], [a.dedup_key for a in alerts], [a.pcap for a in alerts]],
     )  # fmt: skip
+    return ids
+
+
+def insert_columns(db, statement: str, columns: list[list]) -> None:
+    """``statement`` (an INSERT of unnested list parameters) once per INSERT_ROWS rows of ``columns``."""
+    count = len(columns[0]) if columns else 0
+    if count <= INSERT_ROWS:
+        db.execute(statement, columns)
+        return
+    for start in range(0, count, INSERT_ROWS):
+        db.execute(statement, [column[start : start + INSERT_ROWS] for column in columns])
 
 
 def _next_event_id(db) -> int:

@@ -29,7 +29,7 @@ import duckdb
 
 from . import serialize
 from .connections import ConnectionTable, ip_text
-from .detect import INSERT_ROWS, Changes, Detector, addresses_json, device_flags
+from .detect import Changes, Detector, addresses_json, device_flags, insert_columns
 from .migrations import SchemaTooNew, upgrade
 from .oui import vendor as oui_vendor
 
@@ -270,9 +270,11 @@ class Store:
             columns["addresses"].append(addresses_json(device.addresses, None if row is None else row[16]))
         if existing:
             db.execute("DELETE FROM devices WHERE ip IN (SELECT unnest($1))", [list(existing)])
-        _insert(
+        insert_columns(
             db,
-            "INSERT INTO devices SELECT * FROM (SELECT " + ", ".join(f"unnest(${i + 1})" for i in range(len(columns))) + ")",
+            "INSERT INTO devices SELECT * FROM (SELECT "
+            + ", ".join(f"unnest(${i + 1})" for i in range(len(columns)))
+            + ")",
             list(columns.values()),
         )
         return ids
@@ -339,7 +341,7 @@ class Store:
             db.execute(
                 "DELETE FROM connections WHERE (first_device_id, second_device_id) IN (SELECT (f, s) FROM delta_keys)"
             )
-        _insert(
+        insert_columns(
             db,
             f"""INSERT INTO connections SELECT f, s, ports, from_json(protocols, '{PROTOCOLS_TYPE}'), d, l, p, b, ua
             FROM (SELECT unnest($1) f, unnest($2) s, unnest($3) ports, unnest($4) protocols, unnest($5) d,
@@ -503,13 +505,3 @@ class _Transaction:
             except duckdb.Error:
                 pass
         return False
-
-
-def _insert(db, statement: str, columns: list[list]) -> None:
-    """``statement`` (an INSERT of unnested list parameters) once per INSERT_ROWS rows of ``columns``."""
-    count = len(columns[0]) if columns else 0
-    if count <= INSERT_ROWS:
-        db.execute(statement, columns)
-        return
-    for start in range(0, count, INSERT_ROWS):
-        db.execute(statement, [column[start : start + INSERT_ROWS] for column in columns])

@@ -413,7 +413,9 @@ def test_a_full_spool_is_counted_in_healthz_and_metrics(tmp_path):
         )
         metrics = http.get("/metrics").get_data(as_text=True)
         assert f"otsensor_fleet_dropped_deltas_total {float(stats['droppedDeltas'])}" in metrics
-        assert "otsensor_fleet_dropped_classes_total 0.0" in metrics and "otsensor_fleet_shipped_classes_total" in metrics
+        assert (
+            "otsensor_fleet_dropped_classes_total 0.0" in metrics and "otsensor_fleet_shipped_classes_total" in metrics
+        )
     shipper.close(timeout=2)
     # the sequence survives: a new spool in the same folder goes on from the last delta id
     assert fleet.Spool(tmp_path / "spool", 3000).sequence == spool.sequence

@@ -309,14 +309,14 @@ def test_many_new_devices_past_learning_stay_within_the_bound(tmp_path):
 def test_a_merge_in_slices_stores_what_one_insert_stores(tmp_path, monkeypatch):
     """Devices, connections, alerts and events inserted 7 rows at a time are those of one insert each:
     ids, order and content (new hosts past learning, then a Modbus and an S7 capture over them)."""
-    from sensor import detect, store as store_module
+    from sensor import detect
+    from sensor import store as store_module
     from sensor.detect import Detector
     from sensor.replay import replay
 
     files = [str(_syn_sources(tmp_path / "syn.pcap.gz", 100)), str(PCAPS / "modbus.pcap"), str(PCAPS / "s7comm.pcap")]
 
     def stored(name: str, rows: int) -> tuple:
-        monkeypatch.setattr(store_module, "INSERT_ROWS", rows)
         monkeypatch.setattr(detect, "INSERT_ROWS", rows)
         store = store_module.Store(str(tmp_path / name), detector=Detector(learning_hours=0))
         try:
