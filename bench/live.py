@@ -222,6 +222,14 @@ def measure(wire: Wire, pcap: Path, workers: int, rates: list[int], seconds: flo
         }
 
 
+def cannot_run(script: str) -> str | None:
+    """Why ``script`` (this bench or bench/soak.py) cannot run here — not root, a tool missing — or None."""
+    if os.geteuid() != 0:
+        return f"{script}: needs root (a network namespace, a veth pair, packet sockets)"
+    missing = [tool for tool in ("tcpreplay", "ethtool", "ip") if shutil.which(tool) is None]
+    return f"{script}: install {' '.join(missing)} (apt)" if missing else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2", help="worker counts to measure (default 1,2)")
@@ -236,12 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         rates = sorted(int(n) for n in args.rates.split(","))
     except ValueError:
         parser.error("--workers and --rates are comma-separated integers")
-    if os.geteuid() != 0:
-        print("live.py: needs root (a network namespace, a veth pair, packet sockets)", file=sys.stderr)
-        return 2
-    missing = [tool for tool in ("tcpreplay", "ethtool", "ip") if shutil.which(tool) is None]
-    if missing:
-        print(f"live.py: install {' '.join(missing)} (apt)", file=sys.stderr)
+    problem = cannot_run("live.py")
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
 
     pcap = ensure_mix(args.packets)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -214,12 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.pps <= 0 or args.workers < 1 or args.sample <= 0:
         parser.error("--minutes, --pps, --workers and --sample must be positive")
-    if os.geteuid() != 0:
-        print("soak.py: needs root (a network namespace, a veth pair, packet sockets)", file=sys.stderr)
-        return 2
-    missing = [tool for tool in ("tcpreplay", "ethtool", "ip") if shutil.which(tool) is None]
-    if missing:
-        print(f"soak.py: install {' '.join(missing)} (apt)", file=sys.stderr)
+    problem = live.cannot_run("soak.py")
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
 
     pcap = live.ensure_mix(args.packets)
