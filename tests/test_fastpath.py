@@ -10,6 +10,18 @@ from sensor.readers import CaptureReader
 from .conftest import PCAPS, ROOT, real_captures
 
 
+def bench_mix(path, **options) -> None:
+    """bench/mix.py's synthetic OT mix, written to ``path``."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from mix import make_mix
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    make_mix(path, **options)
+
+
 def table(path, vectorised: bool):
     engine = Engine(vectorised=vectorised)
     for batch in CaptureReader(path).batches():
@@ -46,15 +58,8 @@ def test_fast_path_gives_the_scalar_result(capture):
 
 def test_fast_path_gives_the_scalar_result_on_the_bench_mix(tmp_path):
     """The benchmark's mix (all four protocols, QinQ, ARP/LLDP, TLS bulk, chunk-spanning flows)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from mix import make_mix
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
     path = tmp_path / "mix.pcap"
-    make_mix(path, packets=200_000, seed=7, connections=2_000, devices=400)
+    bench_mix(path, packets=200_000, seed=7, connections=2_000, devices=400)
     scalar = table(path, vectorised=False)
     assert {"modbus", "s7comm", "ams", "http"} <= {p for c in scalar[0].values() for p in c[1]}
     assert table(path, vectorised=True) == scalar
@@ -346,15 +351,8 @@ def test_flow_grouping_holds_when_hashes_collide():
 def test_a_full_flow_table_forgets_its_oldest_flows_and_keeps_their_counts(tmp_path):
     """With room for 300 flows among the bench mix's 2,000 connections, both paths keep the table within
     bounds, count what they forgot, and lose no packet or byte of any connection."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from mix import make_mix
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
     path = tmp_path / "mix.pcap"
-    make_mix(path, packets=100_000, seed=3, connections=2_000, devices=400)
+    bench_mix(path, packets=100_000, seed=3, connections=2_000, devices=400)
 
     def counts(vectorised: bool, max_flows: int | None):
         engine = Engine(vectorised=vectorised)

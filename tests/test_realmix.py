@@ -15,12 +15,11 @@ import ipaddress
 import subprocess
 import sys
 
-import duckdb
-
 from sensor.replay import replay
 from sensor.store import Store
 
 from .conftest import REAL, ROOT
+from .test_replay_files import facts as stored_facts
 
 FEW = [
     REAL / "dsian-adsviewer" / "Demo.cap",  # NetMon, AMS in EtherCAT (no IP)
@@ -50,17 +49,9 @@ def facts(path, db) -> tuple[dict, dict]:
         replay([str(path)], store, progress=False)
     finally:
         store.close()
-    with duckdb.connect(str(db), read_only=True) as c:
-        devices = c.execute(
-            "SELECT ip, macs, roles, vendor, name, model, firmware, serial, user_agent, server, first_seen, last_seen "
-            "FROM devices"
-        ).fetchall()
-        connections = c.execute(
-            "SELECT a.ip, b.ip, ports, to_json(protocols)::VARCHAR, discovered, c.last_seen, packets, bytes, "
-            "c.user_agent FROM connections c JOIN devices a ON a.id = c.first_device_id "
-            "JOIN devices b ON b.id = c.second_device_id"
-        ).fetchall()
-    return {d[0]: d[1:] for d in devices}, {(c[0], c[1]): c[2:] for c in connections}
+    stored = stored_facts(db)
+    return ({d[0]: d[1:] for d in stored["devices"]},
+            {(c[0], c[1]): c[2:] for c in stored["connections"]})  # fmt: skip
 
 
 def text_map(mapping: dict[bytes, bytes]) -> dict[str, str]:
